@@ -1,0 +1,424 @@
+"""The pipeline config: YAML in, validated and fully resolved sessions out.
+
+``defaults`` are deep-merged into every session (session keys win); a session may pull its settings from a
+separate YAML with ``config: sessions/x.yaml`` (relative to the pipeline file). Every problem found is
+reported at once, each naming the session, the field path and what would be valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from rlpipe.algorithms import ALGORITHMS
+
+# Session and pipeline names become parts of SageMaker job names ([a-zA-Z0-9](-*[a-zA-Z0-9])*, <= 63 chars)
+# together with a run id and an attempt number, and parts of S3 keys: keep them short and plain.
+NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
+SESSION_NAME_MAX = 24
+PIPELINE_NAME_MAX = 40
+MAX_KEEP_ALIVE_SECONDS = 3600  # SageMaker's documented maximum for KeepAlivePeriodInSeconds
+MAX_RUNTIME_LIMIT = 28 * 24 * 3600  # SageMaker's MaxRuntimeInSeconds ceiling
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class WarmPool(_Strict):
+    """SageMaker managed warm pool between consecutive sessions."""
+
+    enabled: bool = True
+    keep_alive_seconds: int = Field(1800, ge=0, le=MAX_KEEP_ALIVE_SECONDS)
+
+
+class Compute(_Strict):
+    """Where a session runs on AWS. Validated locally too, so a config fails before it costs anything."""
+
+    instance_type: str = Field("ml.c6i.2xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
+    instance_count: int = Field(1, ge=1, le=100)
+    volume_size_gb: int = Field(30, ge=1, le=16384)
+    max_runtime_seconds: int = Field(86400, ge=1, le=MAX_RUNTIME_LIMIT)
+    warm_pool: WarmPool = WarmPool()
+    # Declared after warm_pool and max_runtime_seconds so their validators can see both.
+    spot: bool = False
+    max_wait_seconds: int | None = Field(None, ge=1, le=MAX_RUNTIME_LIMIT)
+
+    @field_validator("spot")
+    @classmethod
+    def _no_spot_with_pool(cls, spot: bool, info: ValidationInfo) -> bool:
+        pool = info.data.get("warm_pool")
+        if spot and pool is not None and pool.enabled:
+            raise ValueError("spot cannot be combined with a warm pool (SageMaker rejects it): "
+                             "set compute.warm_pool.enabled: false or compute.spot: false")
+        return spot
+
+    @field_validator("max_wait_seconds")
+    @classmethod
+    def _wait_covers_runtime(cls, wait: int | None, info: ValidationInfo) -> int | None:
+        runtime = info.data.get("max_runtime_seconds")
+        if info.data.get("spot") and runtime is not None and (wait is None or wait < runtime):
+            raise ValueError(f"spot needs max_wait_seconds >= max_runtime_seconds ({runtime}); got {wait}")
+        if wait is not None and info.data.get("spot") is False:
+            raise ValueError("max_wait_seconds applies only with spot: true")
+        return wait
+
+
+class EvalSettings(_Strict):
+    """Periodic evaluation on a separate env with the frozen normalisation statistics."""
+
+    every_steps: int = Field(10000, gt=0)
+    episodes: int = Field(5, gt=0, le=1000)
+
+
+class CheckpointSettings(_Strict):
+    """Periodic checkpoints; a restarted session resumes from the newest valid one."""
+
+    every_steps: int = Field(10000, gt=0)
+    keep: int = Field(2, ge=1, le=100)
+
+
+CarryOrReset = Literal["carry", "reset"]
+
+
+class Handoff(_Strict):
+    """What a warm-started session takes over from the previous session's bundle (the policy always)."""
+
+    optimizer: CarryOrReset = "carry"
+    vecnormalize: CarryOrReset = "carry"
+    replay_buffer: CarryOrReset = "reset"
+
+
+class SessionSettings(_Strict):
+    """Settings that ``defaults`` may give to every session."""
+
+    algorithm: Literal["ppo", "sac", "td3", "a2c"] = "ppo"
+    policy: Literal["MlpPolicy"] = "MlpPolicy"
+    n_envs: int | None = Field(None, ge=1, le=256, description="default: 4 on-policy, 1 off-policy")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    normalize: bool = Field(True, description="VecNormalize observations and rewards")
+    torch_threads: int = Field(1, ge=1, le=256, description="one thread is fastest for small MLPs on few cores")
+    vec_env: Literal["auto", "dummy", "subproc"] = "auto"
+    eval: EvalSettings = EvalSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    compute: Compute = Compute()
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _known_hyperparameters(cls, hps: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        algorithm = info.data.get("algorithm")
+        if algorithm is None:
+            return hps
+        valid = ALGORITHMS[algorithm].hyperparameters
+        unknown = sorted(set(hps) - valid)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(valid), n=1)
+                hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise ValueError(f"unknown for {algorithm}: {', '.join(hints)}; valid: {', '.join(sorted(valid))}")
+        return hps
+
+
+class SessionConfig(SessionSettings):
+    """One fully resolved session."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=SESSION_NAME_MAX)
+    env: str = Field(min_length=1)
+    timesteps: int = Field(gt=0)
+    use_previous_checkpoint: bool = False
+    handoff: Handoff = Handoff()
+
+    @field_validator("timesteps")
+    @classmethod
+    def _whole_vector_steps(cls, timesteps: int, info: ValidationInfo) -> int:
+        # SB3 counts n_envs steps per vector step; a budget that is not a multiple could never be hit exactly.
+        algorithm = info.data.get("algorithm")
+        n_envs = info.data.get("n_envs") or (ALGORITHMS[algorithm].default_n_envs if algorithm else None)
+        if n_envs and timesteps % n_envs:
+            nearest = max(n_envs, round(timesteps / n_envs) * n_envs)
+            raise ValueError(f"must be a multiple of n_envs ({n_envs}), e.g. {nearest}")
+        return timesteps
+
+    @model_validator(mode="after")
+    def _resolve(self) -> SessionConfig:
+        if self.n_envs is None:
+            self.n_envs = ALGORITHMS[self.algorithm].default_n_envs
+        return self
+
+
+class PipelineConfig(_Strict):
+    """A validated pipeline: its name and its resolved sessions in order."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=PIPELINE_NAME_MAX)
+    sessions: list[SessionConfig] = Field(min_length=1)
+
+    def session(self, name: str) -> SessionConfig:
+        """The session called ``name``."""
+        for s in self.sessions:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def resolved(self) -> dict[str, Any]:
+        """Plain JSON form with defaults applied and includes inlined: what runs and what is uploaded."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config; resume refuses a config that changed."""
+        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One config problem: where (session, field) and what is wrong or valid."""
+
+    field: str
+    message: str
+    session: str | None = None
+
+    def __str__(self) -> str:
+        where = f"session '{self.session}': " if self.session else ""
+        return f"{where}{self.field}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """A config with one or more problems. ``problems`` lists each; ``str()`` gives one per line."""
+
+    def __init__(self, problems: list[Problem], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+
+
+_TOP_KEYS = {"name", "defaults", "sessions"}
+_SESSION_ONLY_KEYS = {"name", "env", "timesteps", "use_previous_checkpoint", "handoff", "config"}
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _has_path(raw: Any, path: tuple[Any, ...]) -> bool:
+    node = raw
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _valid_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """Field names valid at ``path`` (the parent of an unknown key) within ``model``."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _problems_from(err: ValidationError, model: type[BaseModel], session: str | None,
+                   prefix: tuple[Any, ...] = ()) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"])
+        field = ".".join(str(p) for p in prefix + loc) or "(session)"
+        if e["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            msg = f"unknown key{hint} valid keys here: {', '.join(valid)}"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] not in ("missing",) and "input" in e and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        problems.append(Problem(field=field, message=msg, session=session))
+    return problems
+
+
+def _load_yaml(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([Problem(what, f"file not found: {path}")], str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(what, f"not valid YAML: {exc}")], str(path)) from None
+
+
+def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config",
+                   check_envs: bool = True) -> PipelineConfig:
+    """Validate a pipeline given as a dict (parsed YAML/JSON). Raises :class:`ConfigError` listing every problem.
+
+    ``base_dir`` resolves ``config:`` includes; without it (e.g. an inline pipeline on AWS) includes are an error.
+    ``check_envs`` also checks env ids and transfer compatibility (needs gymnasium or the shipped catalog).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem("(top level)", "expected a mapping with keys name, defaults, sessions")], source)
+    problems: list[Problem] = []
+    for key in sorted(set(raw) - _TOP_KEYS):
+        close = difflib.get_close_matches(key, sorted(_TOP_KEYS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        problems.append(Problem(key, f"unknown key; {hint}valid keys: defaults, name, sessions"))
+    name = raw.get("name")
+    name_err = None
+    try:
+        PipelineConfig.model_validate({"name": name, "sessions": []})
+    except ValidationError as exc:
+        name_err = [p for p in _problems_from(exc, PipelineConfig, None) if p.field == "name"]
+    problems.extend(name_err or [])
+
+    defaults = raw.get("defaults") or {}
+    failed_in_defaults: set[str] = set()
+    if not isinstance(defaults, dict):
+        problems.append(Problem("defaults", "expected a mapping of session settings"))
+        defaults = {}
+    else:
+        for key in sorted(set(defaults) & _SESSION_ONLY_KEYS):
+            problems.append(Problem(f"defaults.{key}", "belongs in a session, not in defaults"))
+        defaults = {k: v for k, v in defaults.items() if k not in _SESSION_ONLY_KEYS}
+        try:
+            SessionSettings.model_validate(defaults)
+        except ValidationError as exc:
+            found = _problems_from(exc, SessionSettings, None, ("defaults",))
+            problems.extend(found)
+            failed_in_defaults = {p.field.removeprefix("defaults.") for p in found}
+
+    raw_sessions = raw.get("sessions")
+    if not isinstance(raw_sessions, list) or not raw_sessions:
+        problems.append(Problem("sessions", "expected a non-empty list of sessions"))
+        raise ConfigError(problems, source)
+
+    sessions: list[SessionConfig] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(raw_sessions):
+        label = entry.get("name") if isinstance(entry, dict) and isinstance(entry.get("name"), str) else None
+        label = label or f"sessions[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(Problem(f"sessions[{index}]", "expected a mapping with at least name, env, timesteps"))
+            continue
+        entry = dict(entry)
+        include = entry.pop("config", None)
+        if include is not None:
+            if base_dir is None:
+                problems.append(Problem("config", "includes need a pipeline file; inline the session settings",
+                                        label))
+                continue
+            included = _load_yaml((base_dir / str(include)), f"sessions[{index}].config")
+            if not isinstance(included, dict):
+                problems.append(Problem("config", f"{include} must hold a mapping of session settings", label))
+                continue
+            entry = _deep_merge(included, entry)
+        merged = _deep_merge(defaults, entry)
+        if label in seen:
+            problems.append(Problem("name", f"duplicate session name (also sessions[{seen[label]}]); "
+                                            "names must be unique", label))
+        seen.setdefault(label, index)
+        try:
+            sessions.append(SessionConfig.model_validate(merged))
+        except ValidationError as exc:
+            for p in _problems_from(exc, SessionConfig, label):
+                # Problems in values inherited from defaults were reported once under defaults already.
+                if p.field in failed_in_defaults and not _has_path(entry, tuple(p.field.split("."))):
+                    continue
+                problems.append(p)
+
+    if not problems and len(sessions) == len(raw_sessions):
+        pipeline = PipelineConfig(name=name, sessions=sessions)
+        problems.extend(check_transfers(pipeline, check_envs=check_envs))
+        if not problems:
+            return pipeline
+    raise ConfigError(problems, source)
+
+
+def check_transfers(pipeline: PipelineConfig, check_envs: bool = True) -> list[Problem]:
+    """Cross-session rules: env ids exist, and each warm start can load the previous session's policy."""
+    from rlpipe import envspec
+
+    problems: list[Problem] = []
+    signatures: dict[str, dict[str, Any] | None] = {}
+    if check_envs:
+        for s in pipeline.sessions:
+            sig = envspec.env_signature(s.env)
+            signatures[s.name] = sig
+            if sig is None:
+                close = envspec.suggest_env_ids(s.env)
+                hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+                    "see `python -c \"import gymnasium; gymnasium.pprint_registry()\"`"
+                problems.append(Problem("env", f"unknown environment id {s.env!r}; {hint}", s.name))
+            elif ALGORITHMS[s.algorithm].needs_box_actions and sig["action"]["type"] != "Box":
+                problems.append(Problem("algorithm", f"{s.algorithm} needs a continuous (Box) action space; "
+                                        f"{s.env} has {envspec.describe(sig['action'])}", s.name))
+    for i, s in enumerate(pipeline.sessions):
+        if not s.use_previous_checkpoint:
+            continue
+        if i == 0:
+            problems.append(Problem("use_previous_checkpoint", "the first session has no previous session to "
+                                    "warm-start from; set it to false", s.name))
+            continue
+        prev = pipeline.sessions[i - 1]
+        if prev.algorithm != s.algorithm:
+            problems.append(Problem("algorithm", f"cannot warm-start {s.algorithm} from '{prev.name}' trained with "
+                                    f"{prev.algorithm}: policies differ; use {prev.algorithm} or set "
+                                    "use_previous_checkpoint: false", s.name))
+        prev_arch = prev.hyperparameters.get("policy_kwargs")
+        if prev_arch != s.hyperparameters.get("policy_kwargs"):
+            problems.append(Problem("hyperparameters.policy_kwargs", f"must equal '{prev.name}''s "
+                                    f"({prev_arch!r}) to load its weights", s.name))
+        if not ALGORITHMS[s.algorithm].off_policy and s.handoff.replay_buffer == "carry":
+            problems.append(Problem("handoff.replay_buffer", f"{s.algorithm} is on-policy and has no replay "
+                                    "buffer; use reset", s.name))
+        a, b = signatures.get(prev.name), signatures.get(s.name)
+        if a and b:
+            for part in ("observation", "action"):
+                if a[part] != b[part]:
+                    problems.append(Problem("env", f"{part} space of {s.env} ({envspec.describe(b[part])}) differs "
+                                            f"from '{prev.name}''s {prev.env} ({envspec.describe(a[part])}); "
+                                            "transfer needs equal spaces", s.name))
+    return problems
+
+
+def load_pipeline(path: str | Path, check_envs: bool = True) -> PipelineConfig:
+    """Read and validate a pipeline YAML file (includes resolved relative to it)."""
+    path = Path(path)
+    raw = _load_yaml(path, "(file)")
+    return parse_pipeline(raw, base_dir=path.parent, source=str(path), check_envs=check_envs)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the pipeline file format (sessions may also carry ``config``, an include path)."""
+    session = SessionConfig.model_json_schema()
+    session.setdefault("properties", {})["config"] = {
+        "type": "string", "description": "YAML file of session settings, relative to the pipeline file"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "rlpipe pipeline",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "sessions"],
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": PIPELINE_NAME_MAX},
+            "defaults": SessionSettings.model_json_schema(),
+            "sessions": {"type": "array", "minItems": 1, "items": session},
+        },
+    }
+
