@@ -1,0 +1,202 @@
+"""The ``rlpipe`` command line: validate, plan, run and report pipelines (and drive them on AWS)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rlpipe.config import ConfigError, PipelineConfig, json_schema, load_pipeline
+from rlpipe.plan import build_plan
+
+app = typer.Typer(help="Curricula of stable-baselines3 sessions on MuJoCo, locally and on SageMaker.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML file", show_default=False)]
+
+
+def _load(config: Path) -> PipelineConfig:
+    try:
+        return load_pipeline(config)
+    except ConfigError as exc:
+        err.print(f"[bold red]{exc.source}: {len(exc.problems)} problem(s)[/]", highlight=False)
+        for p in exc.problems:
+            err.print(f"  {p}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(config: ConfigArg) -> None:
+    """Check a pipeline; print every problem (session, field, what is valid). Exit 0 when valid."""
+    pipeline = _load(config)
+    console.print(f"[green]valid[/]: {pipeline.name}, {len(pipeline.sessions)} session(s)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the pipeline file."""
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Show what a pipeline will do: handoffs, warm-pool reuse on AWS and an estimated cost."""
+    p = build_plan(_load(config))
+    if as_json:
+        print(json.dumps(p.to_dict(), indent=2))
+        return
+    table = Table(title=f"{p.pipeline}: {len(p.sessions)} session(s)")
+    for col in ("#", "session", "env", "algo", "timesteps", "handoff from", "instance", "spot", "warm pool",
+                "reuses prev pool", "keep-alive s", "est. cost $"):
+        table.add_column(col, justify="right" if col in ("#", "timesteps", "keep-alive s", "est. cost $") else "left")
+    for s in p.sessions:
+        table.add_row(str(s.index + 1), s.name, s.env, s.algorithm, f"{s.timesteps:,}", s.handoff_from or "-",
+                      f"{s.instance_type} x{s.instance_count}", "yes" if s.spot else "no",
+                      "yes" if s.warm_pool else "no",
+                      ("yes" if s.reuses_previous_pool else f"no ({s.reuse_reason})") if s.index else "-",
+                      str(s.keep_alive_seconds),
+                      f"{s.estimated_cost_usd:.3f}" if s.estimated_cost_usd is not None else "n/a")
+    console.print(table)
+    total = f"${p.estimated_cost_usd:.2f}" if p.estimated_cost_usd is not None else "n/a"
+    console.print(f"estimated AWS cost {total} (prices: {p.price_region}, recorded {p.price_recorded}; "
+                  "see rlpipe/data/prices.json)")
+    for s in p.sessions:
+        for note in s.notes:
+            console.print(f"[yellow]note[/] {s.name}: {note}")
+
+
+class _ProgressHooks:
+    """Rich progress bars on a terminal; plain log lines otherwise."""
+
+    def __init__(self, pipeline: PipelineConfig, progress: Progress | None) -> None:
+        self.progress = progress
+        self.budgets = [s.timesteps for s in pipeline.sessions]
+        self.overall = progress.add_task("pipeline", total=sum(self.budgets)) if progress else None
+        self.current: int | None = None
+        self.index = 0
+        self._last_logged = -1
+
+    def started(self, index: int, name: str, done: int, budget: int) -> None:
+        self.index = index
+        if self.progress is not None:
+            if self.current is not None:
+                self.progress.remove_task(self.current)
+            self.current = self.progress.add_task(name, total=budget, completed=done)
+        else:
+            print(f"session {index + 1}/{len(self.budgets)} {name}: starting ({budget:,} steps)", flush=True)
+
+    def step(self, steps: int, budget: int) -> None:
+        before = sum(self.budgets[: self.index])
+        if self.progress is not None:
+            self.progress.update(self.current, completed=steps)
+            self.progress.update(self.overall, completed=before + steps)
+            return
+        tenth = steps * 10 // budget
+        if tenth != self._last_logged:
+            self._last_logged = tenth
+            print(f"  {steps:,}/{budget:,} steps ({tenth * 10}%)", flush=True)
+
+    def finished(self, index: int, name: str, status: str) -> None:
+        if self.progress is None:
+            print(f"session {index + 1}/{len(self.budgets)} {name}: {status}", flush=True)
+
+
+@app.command()
+def run(config: ConfigArg,
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory "
+                                                       "(default: runs/<pipeline name>)")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="skip completed sessions, continue the "
+                                             "interrupted one from its newest checkpoint")] = False) -> None:
+    """Run a pipeline locally, session after session, each warm-started as configured."""
+    from rlpipe.runner import LocalRunner, RunDirError, SessionHooks, default_output
+    from rlpipe.trainer.entrypoint import EXIT_INTERRUPTED, install_stop_handlers
+
+    pipeline = _load(config)
+    out = output or default_output(pipeline)
+    stop = threading.Event()
+    try:
+        runner_ = LocalRunner(pipeline, out, resume=resume, stop=stop)
+    except RunDirError as exc:
+        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rlpipe").setLevel(logging.INFO)
+    install_stop_handlers(stop)
+    tty = sys.stdout.isatty()
+    progress = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console) if tty else None
+    hooks = _ProgressHooks(pipeline, progress)
+    runner_.hooks = SessionHooks(hooks.started, hooks.step, hooks.finished)
+    try:
+        if progress is not None:
+            with progress:
+                state = runner_.run()
+        else:
+            state = runner_.run()
+    except Exception as exc:
+        err.print(f"[bold red]run failed[/]: {exc}", highlight=False)
+        err.print(f"state and partial report in {out}", highlight=False)
+        raise typer.Exit(1) from None
+    _summary(state, out)
+    if state.status == "interrupted":
+        err.print(f"stopped; continue with: rlpipe run {config} --resume" + (f" --output {output}" if output else ""))
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _summary(state, out: Path) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=f"{state.pipeline}: {state.status}")
+    for col in ("session", "status", "timesteps", "wall s", "transition s", "final reward", "best reward",
+                "carried"):
+        table.add_column(col)
+    for s in state.sessions:
+        table.add_row(s.name, s.status, f"{s.timesteps:,}", f"{s.wall_seconds or 0:.1f}",
+                      f"{s.transition_seconds:.2f}" if s.transition_seconds is not None else "-",
+                      f"{s.final_eval_reward:.1f}" if s.final_eval_reward is not None else "-",
+                      f"{s.best_eval_reward:.1f}" if s.best_eval_reward is not None else "-",
+                      ", ".join(s.carried) or "-")
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="local run directory")]) -> None:
+    """Rebuild report.json / report.md / report.html of a local run."""
+    from rlpipe.report.local import write_local_report
+
+    if not (run_dir / "state.json").exists():
+        err.print(f"[bold red]error[/]: {run_dir} holds no state.json (not a run directory)", highlight=False)
+        raise typer.Exit(2)
+    written = write_local_report(run_dir)
+    for path in written.values():
+        console.print(str(path))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(root: Annotated[Path, typer.Option(help="container-contract root")] = Path("/opt/ml")) -> None:
+    """Run one session under the SageMaker container contract (what the training image runs)."""
+    from rlpipe.trainer.entrypoint import main
+
+    raise typer.Exit(main(["--root", str(root)]))
+
+
+def _register_cloud() -> None:
+    try:
+        from rlpipe.cloud.cli import register
+    except ModuleNotFoundError as exc:  # the AWS commands need the `cli` extra (boto3)
+        if exc.name not in ("boto3", "botocore", "rlpipe.cloud", "rlpipe.cloud.cli"):
+            raise
+        return
+    register(app)
+
+
+_register_cloud()

@@ -1,0 +1,199 @@
+"""The local driver: runs a pipeline's sessions in order on this machine, one contract root per session.
+
+Layout of a run directory (default ``runs/<pipeline>``)::
+
+    state.json              the run state, rewritten atomically after every change
+    pipeline.resolved.json  the effective config (defaults applied, includes inlined)
+    command.txt             the command that started or resumed the run
+    run.log                 log of every attempt
+    <session>/              a container-contract root: input/, model/ (the bundle), checkpoints/, output/
+    report.json|md|html, learning_curve.png
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rlpipe.config import PipelineConfig
+from rlpipe.contract import ContainerPaths, session_document
+from rlpipe.jsonio import read_json, write_json_atomic
+from rlpipe.state import RunState, seconds_between, utcnow
+
+log = logging.getLogger("rlpipe.runner")
+
+STATE_FILE = "state.json"
+RESOLVED_FILE = "pipeline.resolved.json"
+
+
+class RunDirError(RuntimeError):
+    """The output directory cannot be used for this run as asked (nothing was changed)."""
+
+
+@dataclass
+class SessionHooks:
+    """Callbacks a front end (progress bars, plain logs) receives; all optional."""
+
+    session_started: Callable[[int, str, int, int], None] | None = None  # index, name, done steps, budget
+    session_progress: Callable[[int, int], None] | None = None  # steps, budget
+    session_finished: Callable[[int, str, str], None] | None = None  # index, name, status
+
+
+def default_output(pipeline: PipelineConfig) -> Path:
+    """``runs/<pipeline name>`` under the working directory."""
+    return Path("runs") / pipeline.name
+
+
+def load_state(out_dir: Path) -> RunState | None:
+    """The run state in ``out_dir``, or None if there is none."""
+    path = out_dir / STATE_FILE
+    return RunState.model_validate(read_json(path)) if path.exists() else None
+
+
+def open_run(pipeline: PipelineConfig, out_dir: Path, resume: bool) -> RunState:
+    """Check ``out_dir`` against the request and return the state to continue; raise before touching anything."""
+    existing = load_state(out_dir)
+    if existing is None:
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise RunDirError(f"{out_dir} exists and is not an rlpipe run directory (no {STATE_FILE}); "
+                              "choose another --output")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return RunState.new(pipeline, run_id=f"{pipeline.name}-{stamp}")
+    if not resume:
+        raise RunDirError(f"{out_dir} already holds run {existing.run_id} ({existing.status}); "
+                          "continue it with --resume, or pass --output for a new run")
+    if existing.config_fingerprint != pipeline.fingerprint():
+        raise RunDirError(f"the config differs from the one run {existing.run_id} started with "
+                          f"({pipeline.fingerprint()} != {existing.config_fingerprint}); resume needs the same "
+                          f"config (see {out_dir / RESOLVED_FILE}) or a new --output")
+    return existing
+
+
+class LocalRunner:
+    """Runs ``pipeline`` into ``out_dir``; in-process, so a session transition costs no interpreter start."""
+
+    def __init__(self, pipeline: PipelineConfig, out_dir: Path, resume: bool = False,
+                 hooks: SessionHooks | None = None, stop: threading.Event | None = None) -> None:
+        self.pipeline = pipeline
+        self.out_dir = out_dir
+        self.hooks = hooks or SessionHooks()
+        self.stop = stop or threading.Event()
+        self.state = open_run(pipeline, out_dir, resume)  # raises before anything is written
+
+    def _save(self) -> None:
+        self.state.touch()
+        write_json_atomic(self.out_dir / STATE_FILE, self.state.to_json())
+
+    def _attach_log(self) -> logging.Handler:
+        handler = logging.FileHandler(self.out_dir / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("rlpipe").addHandler(handler)
+        return handler
+
+    def _prepare_session(self, index: int) -> ContainerPaths:
+        cfg = self.pipeline.sessions[index]
+        paths = ContainerPaths(self.out_dir / cfg.name)
+        offset = sum(s.timesteps for s in self.pipeline.sessions[:index])
+        st = self.state.sessions[index]
+        write_json_atomic(paths.session_file, session_document(
+            self.pipeline.name, self.state.run_id, index, cfg.model_dump(mode="json"), st.handoff_from, offset))
+        st.global_timestep_offset = offset
+        if cfg.use_previous_checkpoint:
+            prev = ContainerPaths(self.out_dir / self.pipeline.sessions[index - 1].name).model
+            link = paths.previous
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            # A relative link keeps the run directory movable; the trainer reads the bundle in place.
+            link.symlink_to(os.path.relpath(prev, link.parent), target_is_directory=True)
+        return paths
+
+    def _run_session(self, index: int) -> str:
+        from rlpipe.trainer.session import SessionTrainer
+
+        st = self.state.sessions[index]
+        paths = self._prepare_session(index)
+        attempt_start = utcnow()
+        st.status, st.attempts, st.error = "running", st.attempts + 1, None
+        st.started_at = st.started_at or attempt_start
+        self._save()
+        if self.hooks.session_started:
+            self.hooks.session_started(index, st.name, st.timesteps, st.timesteps_budget)
+        try:
+            trainer = SessionTrainer(paths, stop=self.stop, progress=self.hooks.session_progress,
+                                     started_at=attempt_start)
+            result = trainer.run()
+        except BaseException as exc:
+            st.status, st.error = "failed", f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, KeyboardInterrupt):
+                st.status, st.error = "interrupted", "stopped by a second interrupt before a checkpoint"
+            st.wall_seconds = round((st.wall_seconds or 0) + (seconds_between(attempt_start, utcnow()) or 0), 3)
+            self._save()
+            raise
+        st.timesteps = result.timesteps
+        if result.resumed_from is not None:
+            st.resumed_from_timesteps = result.resumed_from
+        st.wall_seconds = round((st.wall_seconds or 0) + (seconds_between(attempt_start, utcnow()) or 0), 3)
+        if result.status == "completed":
+            m = result.metrics
+            st.status, st.ended_at = "completed", m["timing"]["ended_at"]
+            st.first_step_at = st.first_step_at or m["timing"]["first_step_at"]
+            st.final_eval_reward, st.best_eval_reward = m["final_eval_reward"], m["best_eval_reward"]
+            st.carried, st.reset = m["carried"], m["reset"]
+            st.bundle = str(paths.model.relative_to(self.out_dir))
+            prev = self.state.sessions[index - 1] if index else None
+            if prev is not None and st.first_step_at:
+                st.transition_seconds = seconds_between(prev.ended_at, st.first_step_at)
+        else:
+            st.status = "interrupted"
+        self._save()
+        if self.hooks.session_finished:
+            self.hooks.session_finished(index, st.name, st.status)
+        return st.status
+
+    def run(self) -> RunState:
+        """Run every session not yet completed; returns the final state (also on disk)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
+        with open(self.out_dir / "command.txt", "a") as fh:
+            fh.write(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n")
+        handler = self._attach_log()
+        self.state.status, self.state.ended_at, self.state.error = "running", None, None
+        self._save()
+        try:
+            for index, st in enumerate(self.state.sessions):
+                if st.status == "completed":
+                    log.info("session %s: already completed, skipped", st.name)
+                    continue
+                if self._run_session(index) == "interrupted":
+                    self.state.finish("interrupted", f"stopped during session '{st.name}'; "
+                                                     "continue with --resume")
+                    break
+            else:
+                self.state.finish("succeeded")
+        except BaseException as exc:
+            failed = next((s.name for s in self.state.sessions if s.status in ("failed", "interrupted")), "?")
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            self.state.finish("interrupted" if interrupted else "failed", f"session '{failed}': {exc}")
+            raise
+        finally:
+            self._save()
+            self._write_report()
+            logging.getLogger("rlpipe").removeHandler(handler)
+            handler.close()
+        return self.state
+
+    def _write_report(self) -> None:
+        try:
+            from rlpipe.report.local import write_local_report
+
+            write_local_report(self.out_dir)
+        except Exception as exc:  # the run's outcome is in state.json either way
+            log.warning("report not written: %s", exc)

@@ -1,0 +1,137 @@
+"""SB3 callbacks that make a session exact and resumable: budget/stop, evaluation, checkpoints.
+
+Schedules count environment steps (``num_timesteps``), not callback calls, so they line up across
+different ``n_envs`` and stay on the same grid after a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+
+from rlpipe.contract import metric_line
+from rlpipe.state import utcnow
+
+log = logging.getLogger(__name__)
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """True when a multiple of ``every`` lies in ``(before, after]``."""
+    return after // every > before // every
+
+
+class BudgetAndStop(BaseCallback):
+    """Stops learning exactly at the session budget, or as soon as a stop is requested (SIGTERM, Ctrl-C)."""
+
+    def __init__(self, budget: int, stop: threading.Event,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        super().__init__()
+        self.budget = budget
+        self.stop = stop
+        self.progress = progress
+        self.first_step_at: str | None = None
+        self._first_step_clock: float | None = None
+        self._start_steps = 0
+        self._last_progress = 0
+
+    def _on_training_start(self) -> None:
+        self._start_steps = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.first_step_at is None:
+            self.first_step_at = utcnow()
+            self._first_step_clock = time.perf_counter()
+        steps = self.model.num_timesteps
+        if self.progress and (steps - self._last_progress >= max(1, self.budget // 200) or steps >= self.budget):
+            self._last_progress = steps
+            self.progress(steps, self.budget)
+        return steps < self.budget and not self.stop.is_set()
+
+    def fps(self) -> float:
+        """Environment steps per second trained in this process, since its first step."""
+        if self._first_step_clock is None:
+            return 0.0
+        elapsed = time.perf_counter() - self._first_step_clock
+        return (self.model.num_timesteps - self._start_steps) / elapsed if elapsed > 0 else 0.0
+
+
+class Evaluator(BaseCallback):
+    """Evaluates every ``every_steps`` on a separate env with frozen normalisation; prints a metric line."""
+
+    def __init__(self, eval_env: VecEnv, every_steps: int, episodes: int, session: str, global_offset: int,
+                 history: list[dict[str, Any]], on_eval: Callable[[], None], fps: Callable[[], float],
+                 seed: int) -> None:
+        super().__init__()
+        self.eval_env = eval_env
+        self.every_steps = every_steps
+        self.episodes = episodes
+        self.session = session
+        self.global_offset = global_offset
+        self.history = history
+        self.on_eval = on_eval
+        self.fps = fps
+        self.seed = seed
+        self._clock = time.perf_counter()
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        now = self.model.num_timesteps
+        if crossed(self._last, now, self.every_steps):
+            self.evaluate()
+        self._last = now
+        return True
+
+    def evaluate(self) -> dict[str, Any]:
+        """Run one evaluation now and record it."""
+        train_env = self.model.get_env()
+        if train_env is not None:
+            sync_envs_normalization(train_env, self.eval_env)
+        # Reseed per evaluation so results do not depend on how many evaluations ran before (resume).
+        self.eval_env.seed(self.seed + self.model.num_timesteps)
+        mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.episodes, deterministic=True,
+                                    warn=False)
+        steps = self.model.num_timesteps
+        entry = {"timesteps": steps, "global_timesteps": self.global_offset + steps,
+                 "mean_reward": float(mean), "std_reward": float(std),
+                 "wall_seconds": round(time.perf_counter() - self._clock, 3)}
+        self.history[:] = [h for h in self.history if h["timesteps"] != steps] + [entry]
+        best = max(h["mean_reward"] for h in self.history)
+        if getattr(self.model, "_logger", None) is not None:  # absent when no learn() ran in this process
+            self.logger.record("eval/mean_reward", float(mean))
+            self.logger.record("eval/std_reward", float(std))
+            self.logger.dump(steps)
+        print(metric_line(self.session, timesteps=steps, global_timesteps=self.global_offset + steps,
+                          eval_mean_reward=float(mean), eval_std_reward=float(std), best_eval_reward=float(best),
+                          fps=round(self.fps(), 1)), flush=True)
+        self.on_eval()
+        return entry
+
+
+class Checkpointer(BaseCallback):
+    """Saves a checkpoint every ``every_steps`` environment steps."""
+
+    def __init__(self, every_steps: int, save: Callable[[], None]) -> None:
+        super().__init__()
+        self.every_steps = every_steps
+        self.save = save
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        now = self.model.num_timesteps
+        if crossed(self._last, now, self.every_steps):
+            self.save()
+        self._last = now
+        return True

@@ -1,0 +1,292 @@
+"""Train one session under the container contract: resume or warm-start, learn to the exact budget, hand over.
+
+Carry/reset rules for a warm start (``handoff`` in the session config), each stated in the log and the bundle:
+- policy: always carried (that is the transfer);
+- optimizer: ``carry`` loads the optimizer moments (and SAC's learned entropy coefficient); ``reset`` starts fresh;
+- vecnormalize: ``carry`` continues the observation/reward statistics; ``reset`` starts new ones;
+- replay_buffer (off-policy): ``carry`` loads the previous transitions; ``reset`` starts empty;
+- num_timesteps: always reset; each session has its own budget. The global offset is kept for plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
+from rlpipe.config import SessionConfig
+from rlpipe.contract import ContainerPaths
+from rlpipe.jsonio import read_json, write_json_atomic
+from rlpipe.state import utcnow
+from rlpipe.trainer import bundle as B
+from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
+from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
+
+log = logging.getLogger(__name__)
+
+ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
+EVAL_SEED_OFFSET = 1_000_003
+HANDOFF_ORDER = ("policy", "optimizer", "vecnormalize", "replay_buffer", "num_timesteps")  # keeps evaluation episodes apart from training episodes
+
+
+@dataclass
+class SessionResult:
+    """How a session ended in this process."""
+
+    status: str  # "completed" | "interrupted"
+    timesteps: int
+    resumed_from: int | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_vec_env(session: SessionConfig) -> type[VecEnv]:
+    """DummyVecEnv on small machines (process overhead outweighs parallel stepping on <= 2 cores)."""
+    if session.vec_env == "subproc" or (session.vec_env == "auto" and (os.cpu_count() or 1) > 2
+                                        and (session.n_envs or 1) > 2):
+        return SubprocVecEnv
+    return DummyVecEnv
+
+
+class SessionTrainer:
+    """One session's training, from the paths of the container contract."""
+
+    def __init__(self, paths: ContainerPaths, stop: threading.Event | None = None,
+                 progress: Callable[[int, int], None] | None = None, started_at: str | None = None) -> None:
+        self.paths = paths
+        self.stop = stop or threading.Event()
+        self.progress = progress
+        self.started_at = started_at or utcnow()
+        doc = read_json(paths.session_file)
+        self.doc = doc
+        self.session = SessionConfig.model_validate(doc["session"])
+        self.global_offset = int(doc.get("global_timestep_offset", 0))
+        self.handoff_from: str | None = doc.get("handoff_from")
+        self.history: list[dict[str, Any]] = []
+        self.carried: list[str] = []
+        self.reset: list[str] = []
+        self.notes: list[str] = []
+        self.info = ALGORITHM_CLASSES[self.session.algorithm]
+        self.off_policy = issubclass(self.info, OffPolicyAlgorithm)
+        self._scratch = Path(tempfile.mkdtemp(prefix="rlpipe-bundle-"))
+        self._checkpointed_at: int | None = None
+
+    # -- environments -------------------------------------------------------------------------------------
+    def _make_env(self, n_envs: int, seed: int) -> VecEnv:
+        s = self.session
+        return make_vec_env(s.env, n_envs=n_envs, seed=seed, env_kwargs=dict(s.env_kwargs),
+                            vec_env_cls=choose_vec_env(s) if n_envs > 1 else DummyVecEnv)
+
+    def _wrap_normalize(self, venv: VecEnv, stats: Path | None) -> VecEnv:
+        if not self.session.normalize:
+            return venv
+        if stats is not None:
+            env = VecNormalize.load(str(stats), venv)
+            env.training = True
+            return env
+        gamma = float(self.session.hyperparameters.get("gamma", 0.99))
+        return VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=gamma)
+
+    # -- model --------------------------------------------------------------------------------------------
+    def _new_model(self, env: VecEnv) -> BaseAlgorithm:
+        s = self.session
+        return self.info(s.policy, env, seed=s.seed, device="cpu", verbose=0,
+                         tensorboard_log=str(self.paths.tensorboard), **s.hyperparameters)
+
+    def _warm_start(self, model: BaseAlgorithm, prev: B.Bundle) -> None:
+        """Load the previous bundle's policy (and, per the handoff rules, optimizer and replay buffer)."""
+        h = self.session.handoff
+        _, params, torch_vars = load_from_zip_file(str(prev.path / B.MODEL), device="cpu")
+        model.policy.load_state_dict(params["policy"], strict=True)
+        self.carried.append("policy")
+        optim = {k: v for k, v in params.items() if "optimizer" in k}
+        if h.optimizer == "carry":
+            model.set_parameters(optim, exact_match=False, device="cpu")
+            for name, value in (torch_vars or {}).items():
+                target = getattr(model, name, None)
+                if isinstance(target, torch.Tensor):
+                    with torch.no_grad():
+                        target.copy_(value)
+            self.carried.append("optimizer")
+        else:
+            self.reset.append("optimizer")
+        if self.off_policy:
+            rb = prev.file(B.REPLAY_BUFFER)
+            if h.replay_buffer == "carry" and rb is not None:
+                model.load_replay_buffer(str(rb))
+                self.carried.append("replay_buffer")
+            else:
+                self.reset.append("replay_buffer")
+                if h.replay_buffer == "carry":
+                    self.notes.append("replay buffer requested but the previous bundle has none: started empty")
+
+    def _prepare(self) -> tuple[BaseAlgorithm, VecEnv, Checkpoint | None]:
+        s = self.session
+        ckpt = newest_valid(self.paths.checkpoints)
+        prev: B.Bundle | None = None
+        if ckpt is None and s.use_previous_checkpoint:
+            prev = B.open_bundle(self.paths.previous, self._scratch)
+        start = ckpt.timesteps if ckpt else 0
+        stats: Path | None = None
+        if ckpt is not None:
+            stats = ckpt.file(B.VECNORMALIZE)
+        elif prev is not None and s.normalize:
+            if s.handoff.vecnormalize == "carry" and prev.file(B.VECNORMALIZE):
+                stats = prev.file(B.VECNORMALIZE)
+                self.carried.append("vecnormalize")
+            else:
+                self.reset.append("vecnormalize")
+                if s.handoff.vecnormalize == "carry":
+                    self.notes.append("vecnormalize requested but the previous bundle has none: new statistics")
+        elif prev is not None and prev.file(B.VECNORMALIZE):
+            self.reset.append("vecnormalize")
+            self.notes.append("previous VecNormalize statistics unused: normalize is false in this session")
+        # Different seeds after a resume so the restarted part does not replay the first episodes.
+        env = self._wrap_normalize(self._make_env(s.n_envs or 1, s.seed + start), stats)
+        if ckpt is not None:
+            model = self.info.load(str(ckpt.path / B.MODEL), env=env, device="cpu",
+                                   tensorboard_log=str(self.paths.tensorboard))
+            rb = ckpt.file(B.REPLAY_BUFFER)
+            if self.off_policy and rb is not None:
+                model.load_replay_buffer(str(rb))
+            meta = ckpt.meta
+            self.history = list(meta.get("evaluations", []))
+            self.carried, self.reset, self.notes = (list(meta.get("carried", [])), list(meta.get("reset", [])),
+                                                    list(meta.get("notes", [])))
+            log.info("session %s: resuming from checkpoint %s (%d of %d steps)", s.name, ckpt.path.name,
+                     ckpt.timesteps, s.timesteps)
+        else:
+            model = self._new_model(env)
+            if prev is not None:
+                self._warm_start(model, prev)
+                self.reset.append("num_timesteps")
+                log.info("session %s: warm start from %s; carried: %s; reset: %s", s.name,
+                         self.handoff_from or prev.meta.get("session"), ", ".join(self.carried) or "-",
+                         ", ".join(self.reset) or "-")
+        for note in self.notes:
+            log.warning("session %s: %s", s.name, note)
+        return model, env, ckpt
+
+    # -- outputs ------------------------------------------------------------------------------------------
+    def _metrics(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> dict[str, Any]:
+        self.carried.sort(key=HANDOFF_ORDER.index)
+        self.reset.sort(key=HANDOFF_ORDER.index)
+        rewards = [h["mean_reward"] for h in self.history]
+        return {
+            "session": self.session.name, "env": self.session.env, "algorithm": self.session.algorithm,
+            "global_timestep_offset": self.global_offset, "timesteps": int(model.num_timesteps),
+            "timesteps_budget": self.session.timesteps,
+            "evaluations": sorted(self.history, key=lambda h: h["timesteps"]),
+            "best_eval_reward": max(rewards) if rewards else None,
+            "final_eval_reward": rewards[-1] if rewards and ended else None,
+            "timing": {"started_at": self.started_at,
+                       "first_step_at": budget_cb.first_step_at if budget_cb else None,
+                       "ended_at": utcnow() if ended else None,
+                       "fps": round(budget_cb.fps(), 1) if budget_cb else 0.0},
+            "carried": self.carried, "reset": self.reset, "notes": self.notes,
+            "handoff_from": self.handoff_from,
+        }
+
+    def _save_state(self, model: BaseAlgorithm, env: VecEnv, into: Path) -> None:
+        model.save(str(into / B.MODEL))
+        if isinstance(env, VecNormalize):
+            env.save(str(into / B.VECNORMALIZE))
+        if self.off_policy:
+            model.save_replay_buffer(str(into / B.REPLAY_BUFFER))
+
+    def _checkpoint(self, model: BaseAlgorithm, env: VecEnv) -> None:
+        steps = int(model.num_timesteps)
+        if steps == self._checkpointed_at:
+            return
+        directory = self.paths.checkpoints
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = directory / f".{checkpoint_name(steps)}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        self._save_state(model, env, staging)
+        commit_checkpoint(staging, directory / checkpoint_name(steps), steps,
+                          {"session": self.session.name, "evaluations": self.history,
+                           "carried": self.carried, "reset": self.reset, "notes": self.notes})
+        prune(directory, self.session.checkpoint.keep)
+        self._checkpointed_at = steps
+        log.info("session %s: checkpoint at %d steps", self.session.name, steps)
+
+    def _write_metrics(self, metrics: dict[str, Any]) -> None:
+        # Also beside the checkpoints: on AWS that prefix syncs to S3 as plain objects during training.
+        for target in (self.paths.checkpoints / B.METRICS, self.paths.model / B.METRICS):
+            write_json_atomic(target, metrics)
+
+    def _write_bundle(self, model: BaseAlgorithm, env: VecEnv, metrics: dict[str, Any]) -> None:
+        out = self.paths.model
+        out.mkdir(parents=True, exist_ok=True)
+        self._save_state(model, env, out)
+        write_json_atomic(out / B.BUNDLE_META, {
+            "format_version": B.FORMAT_VERSION, "session": self.session.name, "env": self.session.env,
+            "algorithm": self.session.algorithm, "timesteps": int(model.num_timesteps),
+            "global_timesteps": self.global_offset + int(model.num_timesteps),
+            "normalize": isinstance(env, VecNormalize), "off_policy": self.off_policy,
+            "carried": self.carried, "reset": self.reset, "notes": self.notes, "created_at": utcnow(),
+            "files": sorted(p.name for p in out.iterdir() if p.name != B.BUNDLE_META),
+        })
+        self._write_metrics(metrics)
+        try:
+            from rlpipe.report.plots import session_curve_png
+
+            (out / B.CURVE).write_bytes(session_curve_png(metrics))
+        except Exception as exc:  # a plot must never cost the bundle
+            log.warning("session %s: learning curve not drawn: %s", self.session.name, exc)
+
+    # -- run ----------------------------------------------------------------------------------------------
+    def run(self) -> SessionResult:
+        """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
+        s = self.session
+        torch.set_num_threads(s.torch_threads)
+        model, env, ckpt = self._prepare()
+        resumed_from = ckpt.timesteps if ckpt else None
+        self._checkpointed_at = resumed_from
+        eval_env = self._wrap_normalize(self._make_env(1, s.seed + EVAL_SEED_OFFSET), None)
+        if isinstance(eval_env, VecNormalize):
+            eval_env.training = False
+            eval_env.norm_reward = False
+        budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
+        evaluator = Evaluator(eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
+                              self.history, on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)),
+                              fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET)
+        checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
+        try:
+            remaining = s.timesteps - int(model.num_timesteps)
+            if remaining > 0 and not self.stop.is_set():
+                model.learn(total_timesteps=remaining, callback=CallbackList([budget_cb, evaluator, checkpointer]),
+                            reset_num_timesteps=ckpt is None, tb_log_name=s.name, progress_bar=False)
+            steps = int(model.num_timesteps)
+            if steps < s.timesteps:
+                self._checkpoint(model, env)
+                self._write_metrics(self._metrics(model, budget_cb, False))
+                log.info("session %s: stopped at %d of %d steps; checkpoint saved", s.name, steps, s.timesteps)
+                return SessionResult("interrupted", steps, resumed_from)
+            if not self.history or self.history[-1]["timesteps"] != steps:
+                evaluator.init_callback(model)
+                evaluator.evaluate()
+            metrics = self._metrics(model, budget_cb, True)
+            self._write_bundle(model, env, metrics)
+            self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
+            return SessionResult("completed", steps, resumed_from, metrics)
+        finally:
+            env.close()
+            eval_env.close()
+            shutil.rmtree(self._scratch, ignore_errors=True)
