@@ -137,6 +137,7 @@ class SessionTrainer:
 
     def _prepare(self) -> tuple[BaseAlgorithm, VecEnv, Checkpoint | None]:
         s = self.session
+        self.carried, self.reset, self.notes = [], [], []
         ckpt = newest_valid(self.paths.checkpoints)
         prev: B.Bundle | None = None
         if ckpt is None and s.use_previous_checkpoint:
@@ -245,9 +246,12 @@ class SessionTrainer:
         })
         self._write_metrics(metrics)
         try:
-            from rlpipe.report.plots import session_curve_png
+            from rlpipe.report.plots import learning_curve_png
 
-            (out / B.CURVE).write_bytes(session_curve_png(metrics))
+            one = {"pipeline": self.doc.get("pipeline"), "run_id": self.doc.get("run_id"), "status": "completed",
+                   "sessions": [{"name": self.session.name, "status": "completed", **metrics,
+                                 "wall_seconds": None}]}
+            (out / B.CURVE).write_bytes(learning_curve_png(one))
         except Exception as exc:  # a plot must never cost the bundle
             log.warning("session %s: learning curve not drawn: %s", self.session.name, exc)
 

@@ -1,0 +1,60 @@
+# rlpipe: `make run` trains the quickstart curriculum from a fresh clone; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/pipeline.yaml
+OUTPUT ?=
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# torch first and pinned: a CPU build of 2.13.0; a bare `torch` requirement resolves to a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: help install install-dev run pipeline pipeline-resume validate plan test synth deploy destroy bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+$(VENV)/.train: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -e ".[train,cli]"
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -e ".[dev]"
+	@touch $@ $(VENV)/.train
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+install: $(VENV)/.train ## create .venv and install rlpipe with training extras
+
+install-dev: $(VENV)/.dev ## create .venv and install everything for tests, CDK and benchmarks
+
+run: $(VENV)/.train ## train the quickstart curriculum locally (runs/quickstart/report.html)
+	$(BIN)/rlpipe run configs/quickstart.yaml --resume
+
+pipeline: $(VENV)/.train ## run CONFIG locally (default configs/pipeline.yaml)
+	$(BIN)/rlpipe run $(CONFIG) $(if $(OUTPUT),--output $(OUTPUT))
+
+pipeline-resume: $(VENV)/.train ## resume CONFIG's interrupted run from its checkpoints
+	$(BIN)/rlpipe run $(CONFIG) --resume $(if $(OUTPUT),--output $(OUTPUT))
+
+validate: $(VENV)/.train ## validate CONFIG
+	$(BIN)/rlpipe validate $(CONFIG)
+
+plan: $(VENV)/.train ## show CONFIG's plan and estimated AWS cost
+	$(BIN)/rlpipe plan $(CONFIG)
+
+test: $(VENV)/.dev node_modules/.package-lock.json ## run the test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev ## benchmarks (QUICK=1 for a short run); writes bench/results.json and bench/RESULTS.md
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
+
+clean:
+	rm -rf cdk.out .pytest_cache

@@ -1,0 +1,69 @@
+"""Write a local run's report files beside its ``state.json``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from rlpipe.jsonio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from rlpipe.report.build import build_report
+from rlpipe.report.render import render_html, render_markdown
+from rlpipe.state import RunState
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+CURVE_PNG = "learning_curve.png"
+
+
+def session_metrics_path(run_dir: Path, session: str) -> Path | None:
+    """The session's metrics.json: the final one in its model dir, else the latest copy in its checkpoints."""
+    for candidate in (run_dir / session / "model" / "metrics.json", run_dir / session / "checkpoints" / "metrics.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_session_metrics(run_dir: Path, session: str) -> dict[str, Any] | None:
+    """The session's metrics, or None when it has none yet (or they cannot be read)."""
+    path = session_metrics_path(run_dir, session)
+    if path is None:
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as err:  # a report must still come out when one file is damaged
+        log.warning("cannot read %s: %s", path, err)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_local_report(run_dir: Path) -> dict[str, Path]:
+    """Build the report of the run in ``run_dir`` and write report.json, report.md, report.html and
+    learning_curve.png there, each atomically. Returns the written paths under the keys ``json``,
+    ``markdown``, ``html`` and ``learning_curve`` (the last is missing when matplotlib is not installed).
+    """
+    run_dir = Path(run_dir)
+    state = RunState.model_validate(read_json(run_dir / "state.json"))
+    metrics = {s.name: read_session_metrics(run_dir, s.name) for s in state.sessions}
+    report = build_report(state, metrics)
+
+    written: dict[str, Path] = {}
+    png: bytes | None = None
+    try:
+        from rlpipe.report.plots import learning_curve_png
+
+        png = learning_curve_png(report)
+    except ImportError as err:
+        log.warning("no learning curve (matplotlib missing): %s", err)
+    if png is not None:
+        write_bytes_atomic(run_dir / CURVE_PNG, png)
+        written["learning_curve"] = run_dir / CURVE_PNG
+
+    write_json_atomic(run_dir / REPORT_JSON, report)
+    write_text_atomic(run_dir / REPORT_MD, render_markdown(report, curve_image=CURVE_PNG if png else None))
+    write_text_atomic(run_dir / REPORT_HTML, render_html(report, png))
+    written.update(json=run_dir / REPORT_JSON, markdown=run_dir / REPORT_MD, html=run_dir / REPORT_HTML)
+    return written

@@ -1,0 +1,195 @@
+"""Trainer: exact budgets, SIGTERM checkpoint + resume, corrupt checkpoints, handoff carry/reset rules."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.save_util import load_from_zip_file
+
+from rlpipe.jsonio import read_json
+from rlpipe.trainer.checkpoints import newest_valid
+from rlpipe.trainer.entrypoint import EXIT_INTERRUPTED
+from rlpipe.trainer.session import SessionTrainer
+
+from .trainer_utils import pipeline_raw, session_root
+
+
+def policy_state(path: Path) -> dict[str, torch.Tensor]:
+    _, params, _ = load_from_zip_file(str(path), device="cpu")
+    return params["policy"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k].cpu(), b[k].cpu()), k
+
+
+def test_exact_budget_not_multiple_of_rollout(tmp_path: Path) -> None:
+    # 200 steps with n_envs=2 and n_steps=64: PPO alone would overshoot to 256.
+    raw = pipeline_raw()
+    raw["sessions"][0]["timesteps"] = 200
+    result = SessionTrainer(session_root(tmp_path, raw, 0)).run()
+    assert result.status == "completed" and result.timesteps == 200
+    bundle = read_json(tmp_path / "model" / "bundle.json")
+    assert bundle["timesteps"] == 200
+    metrics = read_json(tmp_path / "model" / "metrics.json")
+    assert metrics["evaluations"][-1]["timesteps"] == 200
+    assert metrics["final_eval_reward"] == metrics["evaluations"][-1]["mean_reward"]
+    assert {"model.zip", "vecnormalize.pkl", "metrics.json"} <= set(bundle["files"])
+    assert (tmp_path / "checkpoints" / "metrics.json").exists()  # synced to S3 on AWS
+    assert list((tmp_path / "output" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_metric_lines_match_sagemaker_metric_definitions(tmp_path: Path) -> None:
+    import re
+
+    from rlpipe.contract import METRIC_DEFINITIONS
+
+    session_root(tmp_path, pipeline_raw(), 0)
+    out = subprocess.run([sys.executable, "-m", "rlpipe.trainer", "--root", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    found = {d["Name"]: re.findall(d["Regex"], out.stdout) for d in METRIC_DEFINITIONS}
+    assert len(found["eval_mean_reward"]) == 2  # evaluations at 128 and 256 steps
+    assert found["timesteps"] == ["128", "256"]
+    assert all(len(v) == 2 for v in found.values())
+
+
+def test_sigterm_checkpoints_then_restart_resumes_exactly(tmp_path: Path) -> None:
+    raw = pipeline_raw()
+    raw["sessions"][0]["timesteps"] = 20000
+    paths = session_root(tmp_path, raw, 0)
+    cmd = [sys.executable, "-m", "rlpipe.trainer", "--root", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while newest_valid(paths.checkpoints) is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err
+    stopped = newest_valid(paths.checkpoints)
+    assert stopped is not None and 0 < stopped.timesteps < 20000
+    assert not (paths.model / "bundle.json").exists()
+
+    # Restart: the model it starts from is the checkpoint's, not a fresh one.
+    trainer = SessionTrainer(paths)
+    model, env, ckpt = trainer._prepare()
+    assert ckpt is not None and ckpt.timesteps == stopped.timesteps
+    assert model.num_timesteps == stopped.timesteps
+    assert_same_weights(model.policy.state_dict(), policy_state(stopped.path / "model.zip"))
+    env.close()
+
+    raw["sessions"][0]["timesteps"] = stopped.timesteps + 256  # keep the test short: same session, nearer end
+    session_root(tmp_path, raw, 0)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    bundle = read_json(paths.model / "bundle.json")
+    assert bundle["timesteps"] == stopped.timesteps + 256
+    metrics = read_json(paths.model / "metrics.json")
+    steps = [e["timesteps"] for e in metrics["evaluations"]]
+    assert steps == sorted(steps) and steps[0] == 128  # history kept across the restart
+
+
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = pipeline_raw()
+    raw["sessions"][0]["checkpoint"] = {"every_steps": 128, "keep": 3}
+    paths = session_root(tmp_path, raw, 0)
+    SessionTrainer(paths).run()
+    ckpts = sorted(paths.checkpoints.glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-000000000128", "step-000000000256"]
+    model_zip = ckpts[-1] / "model.zip"
+    model_zip.write_bytes(model_zip.read_bytes()[:100])  # truncated, as by a kill mid-write
+    with caplog.at_level(logging.WARNING):
+        found = newest_valid(paths.checkpoints)
+    assert found is not None and found.timesteps == 128
+    assert "skipping checkpoint step-000000000256" in caplog.text
+    (ckpts[0] / "manifest.json").unlink()  # a checkpoint whose manifest never got written
+    assert newest_valid(paths.checkpoints) is None
+
+
+def _two_sessions(tmp_path: Path, raw: dict) -> tuple[Path, SessionTrainer]:
+    first = tmp_path / "s1"
+    SessionTrainer(session_root(first, raw, 0)).run()
+    second = session_root(tmp_path / "s2", raw, 1, previous=first / "model")
+    return first, SessionTrainer(second)
+
+
+def test_handoff_carries_policy_optimizer_and_vecnormalize(tmp_path: Path) -> None:
+    first, trainer = _two_sessions(tmp_path, pipeline_raw())
+    model, env, _ = trainer._prepare()
+    assert_same_weights(model.policy.state_dict(), policy_state(first / "model" / "model.zip"))
+    assert model.num_timesteps == 0
+    assert sorted(trainer.carried) == sorted(["policy", "optimizer", "vecnormalize"])
+    assert len(model.policy.optimizer.state) > 0  # Adam moments came along
+    import pickle
+
+    with open(first / "model" / "vecnormalize.pkl", "rb") as fh:
+        saved = pickle.load(fh)
+    np.testing.assert_array_equal(env.obs_rms.mean, saved.obs_rms.mean)
+    assert env.obs_rms.count == saved.obs_rms.count
+    env.close()
+    result = trainer.run()
+    assert result.status == "completed"
+    metrics = read_json(tmp_path / "s2" / "model" / "metrics.json")
+    assert metrics["carried"] == ["policy", "optimizer", "vecnormalize"]
+    assert metrics["reset"] == ["num_timesteps"]
+    assert metrics["evaluations"][0]["global_timesteps"] == 256 + 128
+
+
+def test_handoff_reset_rules(tmp_path: Path) -> None:
+    raw = pipeline_raw()
+    raw["sessions"][1]["handoff"] = {"optimizer": "reset", "vecnormalize": "reset"}
+    first, trainer = _two_sessions(tmp_path, raw)
+    model, env, _ = trainer._prepare()
+    assert_same_weights(model.policy.state_dict(), policy_state(first / "model" / "model.zip"))
+    assert len(model.policy.optimizer.state) == 0
+    assert env.obs_rms.count < 1  # fresh statistics
+    assert trainer.carried == ["policy"]
+    assert set(trainer.reset) == {"optimizer", "vecnormalize", "num_timesteps"}
+    env.close()
+
+
+def test_off_policy_replay_buffer_carry(tmp_path: Path) -> None:
+    raw = pipeline_raw(algorithm="sac", n_envs=1, timesteps=120,
+                       hyperparameters={"learning_starts": 50, "buffer_size": 500, "batch_size": 32,
+                                        "policy_kwargs": {"net_arch": [16, 16]}})
+    raw["defaults"] = {"eval": {"every_steps": 120, "episodes": 1}, "checkpoint": {"every_steps": 120}}
+    raw["sessions"][1]["handoff"] = {"replay_buffer": "carry"}
+    first, trainer = _two_sessions(tmp_path, raw)
+    assert (first / "model" / "replay_buffer.pkl").exists()
+    import pickle
+
+    with open(first / "model" / "replay_buffer.pkl", "rb") as fh:
+        saved = pickle.load(fh)
+    assert saved.size() >= 119  # SB3 stops before storing the transition of the budget's last step
+    model, env, _ = trainer._prepare()
+    assert model.replay_buffer.size() == saved.size()
+    np.testing.assert_array_equal(model.replay_buffer.observations[:10], saved.observations[:10])
+    assert "replay_buffer" in trainer.carried
+    env.close()
+
+
+def test_missing_previous_bundle_fails_with_reason(tmp_path: Path) -> None:
+    raw = pipeline_raw()
+    session_root(tmp_path, raw, 1)  # use_previous_checkpoint but no previous channel
+    out = subprocess.run([sys.executable, "-m", "rlpipe.trainer", "--root", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1
+    assert "BundleError: no previous bundle" in (tmp_path / "output" / "failure").read_text()
+
+
+def test_entrypoint_accepts_sagemaker_train_argument(tmp_path: Path) -> None:
+    session_root(tmp_path, pipeline_raw(), 0)
+    out = subprocess.run([sys.executable, "-m", "rlpipe.trainer", "train", "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
