@@ -19,8 +19,9 @@ from rlpipe.plan import build_plan
 
 app = typer.Typer(help="Curricula of stable-baselines3 sessions on MuJoCo, locally and on SageMaker.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
+# Off a terminal rich assumes 80 columns; logs and CI are wider than that.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML file", show_default=False)]
 

@@ -149,8 +149,10 @@ class LocalRunner:
             st.carried, st.reset = m["carried"], m["reset"]
             st.bundle = str(paths.model.relative_to(self.out_dir))
             prev = self.state.sessions[index - 1] if index else None
-            if prev is not None and st.first_step_at:
-                st.transition_seconds = seconds_between(prev.ended_at, st.first_step_at)
+            gap = seconds_between(prev.ended_at, st.first_step_at) if prev is not None else None
+            if gap is not None:
+                # Transition = hand-over cost (bundle load, env creation), not the step-0 transfer evaluation.
+                st.transition_seconds = round(gap - m["timing"].get("transfer_eval_seconds", 0.0), 3)
         else:
             st.status = "interrupted"
         self._save()

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class SessionTrainer:
         self.off_policy = issubclass(self.info, OffPolicyAlgorithm)
         self._scratch = Path(tempfile.mkdtemp(prefix="rlpipe-bundle-"))
         self._checkpointed_at: int | None = None
+        self.warm_started = False
+        self.transfer_eval_seconds = 0.0
 
     # -- environments -------------------------------------------------------------------------------------
     def _make_env(self, n_envs: int, seed: int) -> VecEnv:
@@ -174,6 +177,7 @@ class SessionTrainer:
         else:
             model = self._new_model(env)
             if prev is not None:
+                self.warm_started = True
                 self._warm_start(model, prev)
                 self.reset.append("num_timesteps")
                 log.info("session %s: warm start from %s; carried: %s; reset: %s", s.name,
@@ -198,7 +202,9 @@ class SessionTrainer:
             "timing": {"started_at": self.started_at,
                        "first_step_at": budget_cb.first_step_at if budget_cb else None,
                        "ended_at": utcnow() if ended else None,
-                       "fps": round(budget_cb.fps(), 1) if budget_cb else 0.0},
+                       "fps": round(budget_cb.fps(), 1) if budget_cb else 0.0,
+                       # The step-0 evaluation of a warm start runs between start and first step.
+                       "transfer_eval_seconds": self.transfer_eval_seconds},
             "carried": self.carried, "reset": self.reset, "notes": self.notes,
             "handoff_from": self.handoff_from,
         }
@@ -273,6 +279,12 @@ class SessionTrainer:
                               fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET)
         checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
         try:
+            if self.warm_started:
+                # Step 0 of a warm start: how well the transferred policy does on the new task before training.
+                evaluator.init_callback(model)
+                clock = time.perf_counter()
+                evaluator.evaluate()
+                self.transfer_eval_seconds = round(time.perf_counter() - clock, 3)
             remaining = s.timesteps - int(model.num_timesteps)
             if remaining > 0 and not self.stop.is_set():
                 model.learn(total_timesteps=remaining, callback=CallbackList([budget_cb, evaluator, checkpointer]),
