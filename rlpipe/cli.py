@@ -20,8 +20,8 @@ from rlpipe.plan import build_plan
 app = typer.Typer(help="Curricula of stable-baselines3 sessions on MuJoCo, locally and on SageMaker.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 # Off a terminal rich assumes 80 columns; logs and CI are wider than that.
-console = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML file", show_default=False)]
 
@@ -57,14 +57,15 @@ def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help
         print(json.dumps(p.to_dict(), indent=2))
         return
     table = Table(title=f"{p.pipeline}: {len(p.sessions)} session(s)")
-    for col in ("#", "session", "env", "algo", "timesteps", "handoff from", "instance", "spot", "warm pool",
-                "reuses prev pool", "keep-alive s", "est. cost $"):
-        table.add_column(col, justify="right" if col in ("#", "timesteps", "keep-alive s", "est. cost $") else "left")
+    for col in ("#", "session", "env", "algo", "timesteps", "from", "instance", "spot", "pool",
+                "reuses pool", "keep-alive s", "est. $"):
+        table.add_column(col, overflow="fold",
+                         justify="right" if col in ("#", "timesteps", "keep-alive s", "est. $") else "left")
     for s in p.sessions:
         table.add_row(str(s.index + 1), s.name, s.env, s.algorithm, f"{s.timesteps:,}", s.handoff_from or "-",
                       f"{s.instance_type} x{s.instance_count}", "yes" if s.spot else "no",
                       "yes" if s.warm_pool else "no",
-                      ("yes" if s.reuses_previous_pool else f"no ({s.reuse_reason})") if s.index else "-",
+                      ("yes" if s.reuses_previous_pool else "no") if s.index else "-",
                       str(s.keep_alive_seconds),
                       f"{s.estimated_cost_usd:.3f}" if s.estimated_cost_usd is not None else "n/a")
     console.print(table)
@@ -72,8 +73,10 @@ def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help
     console.print(f"estimated AWS cost {total} (prices: {p.price_region}, recorded {p.price_recorded}; "
                   "see rlpipe/data/prices.json)")
     for s in p.sessions:
+        if s.index and not s.reuses_previous_pool:
+            console.print(f"{s.name}: cold start ({s.reuse_reason})", highlight=False)
         for note in s.notes:
-            console.print(f"[yellow]note[/] {s.name}: {note}")
+            console.print(f"[yellow]note[/] {s.name}: {note}", highlight=False)
 
 
 class _ProgressHooks:
