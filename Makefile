@@ -9,6 +9,12 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 # torch first and pinned: a CPU build of 2.13.0; a bare `torch` requirement resolves to a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
+CDK := npx --no-install cdk  # the CLI pinned in package.json; never npm's stray "latest" 3.x
+# jsii prints an end-of-life banner on Node 20; harmless.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
+CDK_CONTEXT = $(if $(ALERT_EMAIL),-c alert_email=$(ALERT_EMAIL))
+CDK_ARGS ?=
+
 .PHONY: help install install-dev run pipeline pipeline-resume validate plan test synth deploy destroy bench clean
 
 help:
@@ -52,6 +58,15 @@ plan: $(VENV)/.train ## show CONFIG's plan and estimated AWS cost
 
 test: $(VENV)/.dev node_modules/.package-lock.json ## run the test suite
 	$(BIN)/python -m pytest -q
+
+synth: $(VENV)/.dev node_modules/.package-lock.json ## synthesize into cdk.out/ (offline: no credentials, no Docker)
+	$(CDK) synth --quiet $(CDK_CONTEXT) $(CDK_ARGS)
+
+deploy: $(VENV)/.dev node_modules/.package-lock.json ## deploy (needs credentials, Docker, cdk bootstrap): make deploy ALERT_EMAIL=you@example.com
+	$(CDK) deploy $(CDK_CONTEXT) $(CDK_ARGS)
+
+destroy: $(VENV)/.dev node_modules/.package-lock.json ## delete the stack (retained bucket, repository and keys stay; see docs/deploy.md)
+	$(CDK) destroy $(CDK_ARGS)
 
 bench: $(VENV)/.dev ## benchmarks (QUICK=1 for a short run); writes bench/results.json and bench/RESULTS.md
 	$(BIN)/python -m bench $(if $(QUICK),--quick)

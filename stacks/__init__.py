@@ -1,0 +1,1 @@
+"""The CDK app's constructs, one module per concern; ``pipeline_stack`` only wires them."""
