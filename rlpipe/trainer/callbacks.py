@@ -62,23 +62,16 @@ class BudgetAndStop(BaseCallback):
         return (self.model.num_timesteps - self._start_steps) / elapsed if elapsed > 0 else 0.0
 
 
-class Evaluator(BaseCallback):
-    """Evaluates every ``every_steps`` on a separate env with frozen normalisation; prints a metric line."""
+class EveryStepsCallback(BaseCallback):
+    """Calls :meth:`fire` whenever ``num_timesteps`` crosses a multiple of ``every_steps``.
 
-    def __init__(self, eval_env: VecEnv, every_steps: int, episodes: int, session: str, global_offset: int,
-                 history: list[dict[str, Any]], on_eval: Callable[[], None], fps: Callable[[], float],
-                 seed: int) -> None:
+    Unlike SB3's ``EveryNTimesteps`` (relative to the last trigger), the grid is absolute, so a resumed
+    session evaluates and checkpoints at the same steps as an uninterrupted one.
+    """
+
+    def __init__(self, every_steps: int) -> None:
         super().__init__()
-        self.eval_env = eval_env
         self.every_steps = every_steps
-        self.episodes = episodes
-        self.session = session
-        self.global_offset = global_offset
-        self.history = history
-        self.on_eval = on_eval
-        self.fps = fps
-        self.seed = seed
-        self._clock = time.perf_counter()
         self._last = 0
 
     def _on_training_start(self) -> None:
@@ -87,9 +80,34 @@ class Evaluator(BaseCallback):
     def _on_step(self) -> bool:
         now = self.model.num_timesteps
         if crossed(self._last, now, self.every_steps):
-            self.evaluate()
+            self.fire()
         self._last = now
         return True
+
+    def fire(self) -> None:
+        """The periodic action."""
+        raise NotImplementedError
+
+
+class Evaluator(EveryStepsCallback):
+    """Evaluates every ``every_steps`` on a separate env with frozen normalisation; prints a metric line."""
+
+    def __init__(self, eval_env: VecEnv, every_steps: int, episodes: int, session: str, global_offset: int,
+                 history: list[dict[str, Any]], on_eval: Callable[[], None], fps: Callable[[], float],
+                 seed: int) -> None:
+        super().__init__(every_steps)
+        self.eval_env = eval_env
+        self.episodes = episodes
+        self.session = session
+        self.global_offset = global_offset
+        self.history = history
+        self.on_eval = on_eval
+        self.fps = fps
+        self.seed = seed
+        self._clock = time.perf_counter()
+
+    def fire(self) -> None:
+        self.evaluate()
 
     def evaluate(self) -> dict[str, Any]:
         """Run one evaluation now and record it."""
@@ -117,21 +135,12 @@ class Evaluator(BaseCallback):
         return entry
 
 
-class Checkpointer(BaseCallback):
+class Checkpointer(EveryStepsCallback):
     """Saves a checkpoint every ``every_steps`` environment steps."""
 
     def __init__(self, every_steps: int, save: Callable[[], None]) -> None:
-        super().__init__()
-        self.every_steps = every_steps
+        super().__init__(every_steps)
         self.save = save
-        self._last = 0
 
-    def _on_training_start(self) -> None:
-        self._last = self.model.num_timesteps
-
-    def _on_step(self) -> bool:
-        now = self.model.num_timesteps
-        if crossed(self._last, now, self.every_steps):
-            self.save()
-        self._last = now
-        return True
+    def fire(self) -> None:
+        self.save()
