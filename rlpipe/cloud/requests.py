@@ -61,6 +61,18 @@ class StackSettings:
                    kms_key_arn=env.get("RLPIPE_KMS_KEY_ARN") or None)
 
 
+# Top-level fields of every CreateTrainingJob request (VpcConfig too when the stack runs jobs in a VPC). The
+# state machine maps exactly these from the request PrepareSession returns, so each is always present.
+CREATE_FIELDS = ("TrainingJobName", "RoleArn", "AlgorithmSpecification", "InputDataConfig", "OutputDataConfig",
+                 "ResourceConfig", "StoppingCondition", "EnableManagedSpotTraining", "EnableNetworkIsolation",
+                 "EnableInterContainerTrafficEncryption", "CheckpointConfig", "TensorBoardOutputConfig", "Tags")
+
+
+def create_fields(vpc: bool) -> tuple[str, ...]:
+    """The top-level fields of a CreateTrainingJob request built for a stack with or without a VPC."""
+    return CREATE_FIELDS + (("VpcConfig",) if vpc else ())
+
+
 def create_training_job_request(settings: StackSettings, *, run_id: str, pipeline: str, index: int,
                                 session: SessionConfig, planned: PlannedSession, job_name: str, attempt: int,
                                 previous_bundle: str | None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Layout (all under ``s3://<bucket>/``)::
     runs/<run_id>/pipeline.json, plan.json        the resolved pipeline and its plan, written once
     runs/<run_id>/attempts.json                   attempt numbers handed out per session (idempotent retries)
     runs/<run_id>/sessions/<NNN>-<name>/config/   the ``config`` channel: session.json for the trainer
-    runs/<run_id>/checkpoints/<name>/             CheckpointConfig.S3Uri of the session (and its metrics.json)
+    checkpoints/<run_id>/<name>/                  CheckpointConfig.S3Uri of the session (and its metrics.json);
+                                                  a prefix of its own so a lifecycle rule can expire it
     runs/<run_id>/tensorboard/<name>/             TensorBoardOutputConfig.S3OutputPath
     runs/<run_id>/output/<job>/output/model.tar.gz   the session's handoff bundle (SageMaker's output)
     runs/<run_id>/report.{json,md,html}, learning_curve.png
@@ -28,6 +29,7 @@ from rlpipe.contract import SESSION_FILE
 from rlpipe.state import RunState
 
 RUNS_PREFIX = "runs/"
+CHECKPOINTS_PREFIX = "checkpoints/"
 CONFIGS_PREFIX = "configs/"
 EXECUTIONS_PREFIX = "executions/"
 METRICS_FILE = "metrics.json"
@@ -102,7 +104,7 @@ class RunKeys:
 
     def checkpoints(self, name: str) -> str:
         """Per-session checkpoint prefix: a new attempt of a session resumes from the last one's checkpoints."""
-        return f"{self.root}checkpoints/{name}/"
+        return f"{CHECKPOINTS_PREFIX}{self.run_id}/{name}/"
 
     def metrics(self, name: str) -> str:
         return self.checkpoints(name) + METRICS_FILE
@@ -143,7 +145,9 @@ class S3Store:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def put_json(self, key: str, data: Any) -> None:
-        body = json.dumps(data, indent=1, default=str).encode()
+        # Compact on purpose: indented output goes through json's pure-Python encoder, many times slower on
+        # a large state document.
+        body = json.dumps(data, separators=(",", ":"), default=str).encode()
         self.put_bytes(key, body, "application/json")
 
     def exists(self, key: str) -> bool:

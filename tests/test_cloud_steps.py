@@ -1,0 +1,359 @@
+"""The Lambdas' logic (rlpipe.cloud.steps) against moto's S3 and SNS and a scripted SageMaker."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from rlpipe.cloud import steps
+from rlpipe.cloud.requests import StackSettings
+from rlpipe.cloud.store import RunKeys, RunStore, execution_key
+from rlpipe.config import parse_pipeline
+from rlpipe.state import RunState
+
+BUCKET = "rlpipe-bucket"
+DEFAULT_KEY = "configs/default/pipeline.json"
+FAST = steps.Timing(min_poll_seconds=0, max_poll_seconds=0, pool_poll_seconds=0, pool_max_polls=3,
+                    retry_wait_seconds=0, max_attempts=3)
+
+
+class ScriptedSageMaker:
+    """Describe answers set by the test; Update and Stop recorded."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.updates: list[dict[str, Any]] = []
+        self.stops: list[str] = []
+
+    def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:  # noqa: N803 (boto3's names)
+        if TrainingJobName not in self.jobs:
+            raise RuntimeError(f"An error occurred (ValidationException): Could not find training job "
+                               f"'{TrainingJobName}'")
+        return self.jobs[TrainingJobName]
+
+    def update_training_job(self, **request: Any) -> dict[str, Any]:
+        self.updates.append(request)
+        job = self.jobs[request["TrainingJobName"]]
+        job.setdefault("WarmPoolStatus", {})["Status"] = "Terminated"
+        return {}
+
+    def stop_training_job(self, TrainingJobName: str) -> dict[str, Any]:  # noqa: N803
+        self.stops.append(TrainingJobName)
+        self.jobs[TrainingJobName]["TrainingJobStatus"] = "Stopping"
+        return {}
+
+    def completed(self, name: str, output: str, pool: str | None = None, reused_by: str | None = None) -> None:
+        t0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+        job: dict[str, Any] = {"TrainingJobStatus": "Completed", "TrainingStartTime": t0,
+                               "TrainingEndTime": t0.replace(minute=10), "TrainingTimeInSeconds": 600,
+                               "BillableTimeInSeconds": 600,
+                               "ModelArtifacts": {"S3ModelArtifacts": f"{output}{name}/output/model.tar.gz"}}
+        if pool:
+            job["WarmPoolStatus"] = {"Status": pool, "ResourceRetainedBillableTimeInSeconds": 30,
+                                     **({"ReusedByJob": reused_by} if reused_by else {})}
+        self.jobs[name] = job
+
+
+@pytest.fixture
+def aws() -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        steps.reset_clients()
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        sns = boto3.client("sns", region_name="us-east-1")
+        topic = sns.create_topic(Name="alerts")["TopicArn"]
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        queue = sqs.create_queue(QueueName="q")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+        sagemaker = ScriptedSageMaker()
+        ctx = steps.Context(settings=StackSettings(bucket=BUCKET, role_arn="arn:aws:iam::123456789012:role/r",
+                                                   image_uri="img"),
+                            timing=FAST, s3=s3, sagemaker=sagemaker, sns=sns, topic_arn=topic,
+                            default_pipeline_key=DEFAULT_KEY, region="us-east-1")
+        yield {"ctx": ctx, "s3": s3, "sagemaker": sagemaker, "sqs": sqs, "queue": queue}
+        steps.reset_clients()
+
+
+def start(ctx: steps.Context, given: Any, execution: str = "exec-1") -> dict[str, Any]:
+    return steps.start_run({"input": given, "execution": execution, "execution_arn": f"arn:x:{execution}",
+                            "started_at": "2025-01-01T12:00:00.000Z"}, ctx)
+
+
+def messages(aws: dict[str, Any]) -> list[dict[str, Any]]:
+    got = aws["sqs"].receive_message(QueueUrl=aws["queue"], MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in got]
+
+
+# ---- input ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given,expected", [
+    ({"pipeline_uri": "s3://x/y"}, "unknown input field 'pipeline_uri' (did you mean 'pipeline_s3_uri'?)"),
+    ({"pipeline": {}, "resume_run_id": "x"}, "give at most one of"),
+    ({"pipeline_s3_uri": "https://example.com/p.yaml"}, "pipeline_s3_uri: not an S3 object URI"),
+    ({"pipeline_s3_uri": "s3://other/configs/p.yaml"}, "must be in this stack's bucket s3://rlpipe-bucket/"),
+    ({"pipeline_s3_uri": f"s3://{BUCKET}/runs/x/state.json"}, "must be under s3://rlpipe-bucket/configs/"),
+    ({"pipeline_s3_uri": f"s3://{BUCKET}/configs/missing.yaml"}, "no such object"),
+    ({"pipeline": "name: x"}, "pipeline: expected an object"),
+    ({"pipeline": {"name": "p", "sessions": [{"name": "a", "env": "Nope-v0", "timesteps": 8}]}},
+     "unknown environment id 'Nope-v0'"),
+    ({"resume_run_id": "../etc"}, "resume_run_id: expected a run id"),
+    ({"resume_run_id": "gone-20250101-000000-abcdef"}, "no run 'gone-20250101-000000-abcdef'"),
+    ("text", "execution input must be a JSON object"),
+    ({}, "no such object"),  # the default pipeline was never uploaded
+])
+def test_bad_input_names_the_field(aws: dict[str, Any], given: Any, expected: str) -> None:
+    with pytest.raises(steps.InvalidInput, match=None) as err:
+        start(aws["ctx"], given)
+    assert expected in str(err.value)
+    assert not list(aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix="runs/").get("Contents", []))
+
+
+def test_inputs_that_start_a_run(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, s3 = aws["ctx"], aws["s3"]
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_KEY, Body=json.dumps(tiny_raw))
+    yaml_text = f"name: from-yaml\nsessions: {json.dumps(tiny_raw['sessions'])}"
+    s3.put_object(Bucket=BUCKET, Key="configs/p.yaml", Body=yaml_text)
+    for i, given in enumerate([{}, {"pipeline_s3_uri": f"s3://{BUCKET}/configs/p.yaml"}, {"pipeline": tiny_raw}]):
+        out = start(ctx, given, f"exec-{i}")
+        assert out["cursor"] == steps.cursor(RunState.model_validate({"pipeline": "x", "run_id": "x",
+                                                                      "config_fingerprint": "x", "sessions": []}), 0)
+        assert out["run"]["sessions"] == 2 and out["run"]["pool_poll_seconds"] == 0
+        store = RunStore(s3, BUCKET, out["run"]["run_id"])
+        assert store.load_state().status == "running"
+        plan = store.get_json(store.keys.plan)
+        assert plan["estimated_history_events"] < 1000 and len(plan["sessions"]) == 2
+
+
+def test_start_is_idempotent(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    first = start(ctx, {"pipeline": tiny_raw})
+    state = ctx.run_store(first["run"]["run_id"]).load_state()
+    again = start(ctx, {"pipeline": tiny_raw})  # Step Functions retried the Lambda
+    assert again == first
+    assert ctx.run_store(first["run"]["run_id"]).load_state().created_at == state.created_at
+
+
+def test_too_long_a_pipeline_is_refused_before_anything_runs(aws: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    ctx.timing = steps.Timing()  # real pacing
+    raw = {"name": "huge", "defaults": {"algorithm": "ppo", "n_envs": 2},
+           "sessions": [{"name": f"s{i}", "env": "rlpipe/HeightMaximize-v0", "timesteps": 40_000_000}
+                        for i in range(100)]}
+    with pytest.raises(steps.InvalidInput, match="too long for one execution"):
+        start(ctx, {"pipeline": raw})
+
+
+def test_resume_refuses_a_run_another_execution_drives(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    run_id = start(ctx, {"pipeline": tiny_raw}, "first")["run"]["run_id"]
+    with pytest.raises(steps.RunConflict, match="still running under execution 'first'"):
+        start(ctx, {"resume_run_id": run_id}, "second")
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    state.finish("failed", "boom")
+    store.save_state(state)
+    out = start(ctx, {"resume_run_id": run_id}, "second")
+    assert out["run"]["run_id"] == run_id and store.load_state().status == "running"
+
+
+# ---- one session ------------------------------------------------------------------------------------------------
+
+def test_prepare_is_idempotent_per_try_and_writes_session_json(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    event = {"run_id": run_id, "index": 0, "try": 0, "execution": "exec-1"}
+    a, b = steps.prepare_session(event, ctx), steps.prepare_session(event, ctx)
+    assert a == b and a["attempt"] == 1 and a["job_name"].endswith("-000-stand-1")
+    c = steps.prepare_session({**event, "try": 1}, ctx)
+    assert c["attempt"] == 2 and c["job_name"].endswith("-000-stand-2")
+    store = ctx.run_store(run_id)
+    doc = store.get_json(RunKeys(run_id).session_file(0, "stand"))
+    assert doc["session"]["name"] == "stand" and doc["run_id"] == run_id and doc["global_timestep_offset"] == 0
+    st = store.load_state().sessions[0]
+    assert (st.status, st.job_name, st.attempts) == ("running", c["job_name"], 2)
+
+
+def _through_first_session(aws: dict[str, Any], tiny_raw: dict[str, Any], pool: str = "InUse") -> tuple[str, str]:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    job = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
+    sm.completed(job, f"s3://{BUCKET}/runs/{run_id}/output/", pool=pool)
+    metrics = {"timesteps": 256, "final_eval_reward": 3.5, "best_eval_reward": 4.0, "carried": [], "reset": [],
+               "timing": {"started_at": "2025-01-01T12:00:01+00:00", "first_step_at": "2025-01-01T12:00:30+00:00",
+                          "ended_at": "2025-01-01T12:09:50+00:00", "wall_seconds": 560.0}}
+    aws["s3"].put_object(Bucket=BUCKET, Key=RunKeys(run_id).metrics("stand"), Body=json.dumps(metrics))
+    return run_id, job
+
+
+def test_record_completed_session_hands_the_bundle_on(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    run_id, job = _through_first_session(aws, tiny_raw)
+    out = steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": job}, ctx)
+    assert out["outcome"] == "next" and out["index"] == 1 and not out["done"]
+    assert out["wait_for_pool"] is True and out["pool_polls_left"] == 3  # pool not Available yet
+    st = ctx.run_store(run_id).load_state().sessions[0]
+    assert st.status == "completed" and st.bundle.endswith(f"/output/{job}/output/model.tar.gz")
+    assert (st.timesteps, st.final_eval_reward, st.wall_seconds) == (256, 3.5, 560.0)
+    assert st.billable_seconds == 600 and st.cost_usd is not None and st.warm_pool_status == "InUse"
+    # The next session's request carries that bundle.
+    request = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)["request"]
+    previous = [c for c in request["InputDataConfig"] if c["ChannelName"] == "previous"]
+    assert previous[0]["DataSource"]["S3DataSource"]["S3Uri"] == st.bundle
+
+
+def test_check_pool_is_bounded(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    _, job = _through_first_session(aws, tiny_raw)
+    cur = {"index": 1, "done": False, "try": 0, "outcome": "next", "wait_for_pool": True, "pool_polls_left": 2}
+    cur = steps.check_pool({"job_name": job, "cursor": cur}, ctx)
+    assert cur["wait_for_pool"] is True and cur["pool_polls_left"] == 1
+    cur = steps.check_pool({"job_name": job, "cursor": cur}, ctx)
+    assert cur["wait_for_pool"] is False  # gave up waiting; the next job starts anyway
+    sm.jobs[job]["WarmPoolStatus"]["Status"] = "Available"
+    cur = steps.check_pool({"job_name": job, "cursor": {**cur, "wait_for_pool": True, "pool_polls_left": 5}}, ctx)
+    assert cur["wait_for_pool"] is False and cur["pool_polls_left"] == 4
+
+
+def test_an_unreused_pool_is_released_when_the_next_session_ends(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id, first = _through_first_session(aws, tiny_raw, pool="Available")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
+    sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/")
+    out = steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
+    assert out["done"] is True
+    assert sm.updates == [{"TrainingJobName": first, "ResourceConfig": {"KeepAlivePeriodInSeconds": 0}}]
+    state = ctx.run_store(run_id).load_state()
+    assert state.sessions[1].reused_previous_pool is False and state.sessions[0].warm_pool_idle_seconds == 30
+
+
+def test_record_failures(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    job = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "e"}, ctx)["job_name"]
+    sm.jobs[job] = {"TrainingJobStatus": "Failed", "FailureReason": "CapacityError: Unable to provision requested "
+                                                                  "ML compute capacity."}
+    out = steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": job}, ctx)
+    assert (out["outcome"], out["index"], out["try"]) == ("retry", 0, 1)
+    out = steps.record_session({"run_id": run_id, "index": 0, "try": 2, "job_name": job}, ctx)
+    assert out["outcome"] == "failed"  # out of attempts
+    sm.jobs[job] = {"TrainingJobStatus": "Failed", "FailureReason": "AlgorithmError: ValueError: bad"}
+    out = steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": job}, ctx)
+    assert out["outcome"] == "failed" and out["error"]["Error"] == "TrainingJobFailed"
+    assert "session 'stand' failed" in out["error"]["Cause"] and "ValueError: bad" in out["error"]["Cause"]
+    assert ctx.run_store(run_id).load_state().sessions[0].status == "failed"
+
+
+# ---- end of a run -------------------------------------------------------------------------------------------
+
+def test_finish_writes_report_and_releases_pools(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id, first = _through_first_session(aws, tiny_raw, pool="Reused")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
+    sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/", pool="Available")  # left idling somehow
+    steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
+    out = steps.finish_run({"run_id": run_id, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
+    assert out["status"] == "succeeded" and "SUCCEEDED" in out["subject"] and run_id in out["message"]
+    assert [u["TrainingJobName"] for u in sm.updates] == [second]
+    report = ctx.store.get_json(RunKeys(run_id).report("json"))
+    assert report["status"] == "succeeded" and report["sessions"][0]["final_eval_reward"] == 3.5
+    assert ctx.store.get_json(execution_key("exec-1"))["finalized"] is True
+    again = steps.finish_run({"run_id": run_id, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
+    assert again["status"] == "succeeded"  # a retry rewrites the same report; no second run end
+    assert not messages(aws)  # the state machine publishes, not this step
+
+
+def test_fail_run_reads_lambda_errors_and_stops_the_job(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    job = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
+    sm.jobs[job] = {"TrainingJobStatus": "InProgress"}
+    cause = json.dumps({"errorType": "KeyError", "errorMessage": "'x'", "stackTrace": []})
+    payload = {"run": {"run_id": run_id}, "cursor": {"index": 0}, "error": {"Error": "KeyError", "Cause": cause}}
+    out = steps.fail_run({"state": payload, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
+    assert (out["error"], out["cause"]) == ("KeyError", "'x'") and "FAILED" in out["subject"]
+    assert sm.stops == [job]
+    state = ctx.run_store(run_id).load_state()
+    assert state.status == "failed" and state.sessions[0].status == "failed" and state.sessions[0].error == "'x'"
+    assert ctx.store.get_json(RunKeys(run_id).report("json"))["failures"][0]["session"] == "stand"
+
+
+def test_fail_run_before_a_run_exists(aws: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    cause = json.dumps({"errorType": "InvalidInput", "errorMessage": "unknown input field 'x'"})
+    out = steps.fail_run({"state": {"input": {"x": 1}, "error": {"Error": "InvalidInput", "Cause": cause}},
+                          "execution": "bad", "execution_arn": "arn:x"}, ctx)
+    assert out["error"] == "InvalidInput" and out["cause"] == "unknown input field 'x'"
+    assert "No training job was started" in out["message"]
+    assert steps.readable_error({"Error": "States.Runtime", "Cause": "x"}) == ("RunFailed.States.Runtime", "x")
+
+
+def test_cleanup_after_an_abort_stops_releases_reports_and_alerts_once(aws: dict[str, Any],
+                                                                       tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id, first = _through_first_session(aws, tiny_raw, pool="Available")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
+    sm.jobs[second] = {"TrainingJobStatus": "InProgress"}
+    event = {"detail-type": "Step Functions Execution Status Change",
+             "detail": {"name": "exec-1", "status": "ABORTED", "executionArn": "arn:x:exec-1"}}
+    assert steps.cleanup_execution(event, ctx)["action"] == "cleaned"
+    assert sm.stops == [second] and [u["TrainingJobName"] for u in sm.updates] == [first]
+    state = ctx.run_store(run_id).load_state()
+    assert state.status == "interrupted" and state.sessions[1].status == "interrupted"
+    assert ctx.store.get_json(RunKeys(run_id).report("json"))["status"] == "interrupted"
+    assert steps.cleanup_execution(event, ctx)["action"] == "none"  # EventBridge may deliver twice
+    sent = messages(aws)
+    assert len(sent) == 1 and "INTERRUPTED" in sent[0]["Subject"]
+
+
+def test_cleanup_of_an_execution_that_never_started_a_run(aws: dict[str, Any]) -> None:
+    event = {"detail": {"name": "early", "status": "TIMED_OUT", "executionArn": "arn:x:early"}}
+    assert steps.cleanup_execution(event, aws["ctx"])["run_id"] is None
+    assert "before a run started" in messages(aws)[0]["Subject"]
+
+
+# ---- pacing ---------------------------------------------------------------------------------------------------
+
+def test_timing_from_env_and_poll_bounds() -> None:
+    t = steps.Timing.from_env({"RLPIPE_MIN_POLL_SECONDS": "5", "RLPIPE_POOL_MAX_POLLS": "7"})
+    assert (t.min_poll_seconds, t.pool_max_polls, t.max_poll_seconds) == (5, 7, steps.Timing.max_poll_seconds)
+    real = steps.Timing()
+    assert real.poll_seconds(10) == real.min_poll_seconds
+    assert real.poll_seconds(10 ** 7) == real.max_poll_seconds
+    assert real.poll_seconds(3000, sessions=1) < real.poll_seconds(3000, sessions=200)  # fewer polls each
+
+
+def test_history_estimate_grows_with_sessions(tiny_raw: dict[str, Any]) -> None:
+    from rlpipe.plan import build_plan
+
+    small = steps.estimated_history_events(build_plan(parse_pipeline(tiny_raw)), steps.Timing())
+    raw = copy.deepcopy(tiny_raw)
+    raw["sessions"] = [dict(raw["sessions"][0], name=f"s{i}") for i in range(100)]
+    big = steps.estimated_history_events(build_plan(parse_pipeline(raw)), steps.Timing())
+    assert 50 < small < big < steps.HISTORY_EVENT_LIMIT
+
+
+def test_cleanup_keeps_a_succeeded_run_succeeded(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id, first = _through_first_session(aws, tiny_raw, pool="Reused")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
+    sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/")
+    steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
+    steps.finish_run({"run_id": run_id, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
+    # The execution then fails while publishing the summary: the run stays succeeded, the summary goes out.
+    event = {"detail": {"name": "exec-1", "status": "FAILED", "executionArn": "arn:x:exec-1"}}
+    assert steps.cleanup_execution(event, ctx)["action"] == "cleaned"
+    assert ctx.run_store(run_id).load_state().status == "succeeded"
+    (sent,) = messages(aws)
+    assert "SUCCEEDED" in sent["Subject"] and "ended as FAILED" in sent["Message"]
