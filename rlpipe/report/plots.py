@@ -13,6 +13,9 @@ _BOUNDARY_COLOUR = "#57606a"
 _STATUS_SHADE = {"failed": "#cf222e", "interrupted": "#bf8700", "pending": "#8c959f", "running": "#0969da"}
 
 
+_MAX_LABELLED_SESSIONS = 12
+
+
 def _steps_label(x: float, _pos: Any = None) -> str:
     if abs(x) >= 1e6:
         return f"{x / 1e6:g}M"
@@ -59,10 +62,14 @@ def learning_curve_png(report: dict[str, Any], dpi: int = 100) -> bytes:
                         color=colour, alpha=0.2, lw=0)
         ax.plot(xs, ys, color=colour, marker="o", ms=3, lw=1.6, label=f"{s.get('name')} ({status})")
 
+    # Past a dozen sessions, names and a legend would cover the curves: boundaries only.
+    labelled = len(sessions) <= _MAX_LABELLED_SESSIONS
     for i, (s, colour) in enumerate(zip(sessions, colours)):
         offset = s.get("global_timestep_offset") or 0
         if i:
             ax.axvline(offset, color=_BOUNDARY_COLOUR, ls="--", lw=1)
+        if not labelled:
+            continue
         label = str(s.get("name")) + ("" if s.get("status") == "completed" else f" · {s.get('status')}")
         ax.annotate(label, xy=(offset, 1), xycoords=("data", "axes fraction"),
                     xytext=(4, -4), textcoords="offset points", ha="left", va="top", fontsize=9,
@@ -74,7 +81,8 @@ def learning_curve_png(report: dict[str, Any], dpi: int = 100) -> bytes:
         ax.set_ylim(0, 1)
         ax.set_yticks([])
     else:
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.85)
+        if labelled:
+            ax.legend(loc="lower right", fontsize=8, framealpha=0.85)
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi + 0.1 * (hi - lo))  # room for the session labels at the top
     if x_end > 0:
