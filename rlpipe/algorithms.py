@@ -19,6 +19,7 @@ class AlgorithmInfo:
     needs_box_actions: bool
     default_n_envs: int
     hyperparameters: frozenset[str]
+    default_n_steps: int = 1  # rollout length per env (on-policy); SB3's own default
 
 
 # Keys rlpipe sets itself (logging, seeding, device) are not user hyperparameters.
@@ -37,10 +38,12 @@ ALGORITHMS: dict[str, AlgorithmInfo] = {
     "ppo": AlgorithmInfo(
         "ppo", "PPO", False, False, 4,
         frozenset(_ON_POLICY_COMMON | {"batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl"}),
+        default_n_steps=2048,
     ),
     "a2c": AlgorithmInfo(
         "a2c", "A2C", False, False, 4,
         frozenset(_ON_POLICY_COMMON | {"rms_prop_eps", "use_rms_prop"}),
+        default_n_steps=5,
     ),
     "sac": AlgorithmInfo(
         "sac", "SAC", True, True, 1,

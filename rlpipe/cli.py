@@ -186,11 +186,12 @@ def report(run_dir: Annotated[Path, typer.Argument(help="local run directory")])
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(root: Annotated[Path, typer.Option(help="container-contract root")] = Path("/opt/ml")) -> None:
+def train(root: Annotated[Optional[Path], typer.Option(help="container-contract root "
+                                                       "(default: $RLPIPE_ROOT or /opt/ml)")] = None) -> None:
     """Run one session under the SageMaker container contract (what the training image runs)."""
     from rlpipe.trainer.entrypoint import main
 
-    raise typer.Exit(main(["--root", str(root)]))
+    raise typer.Exit(main(["--root", str(root)] if root else []))
 
 
 def _register_cloud() -> None:

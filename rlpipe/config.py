@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from rlpipe.algorithms import ALGORITHMS
 
-# Session and pipeline names become parts of SageMaker job names ([a-zA-Z0-9](-*[a-zA-Z0-9])*, <= 63 chars)
-# together with a run id and an attempt number, and parts of S3 keys: keep them short and plain.
+# Session names become parts of SageMaker job names ([a-zA-Z0-9](-*[a-zA-Z0-9])*, <= 63 chars) together with
+# a run id and an attempt number; session and pipeline names become parts of S3 keys: keep them short and plain.
 NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
 SESSION_NAME_MAX = 24
 PIPELINE_NAME_MAX = 40
@@ -44,7 +44,8 @@ class Compute(_Strict):
     """Where a session runs on AWS. Validated locally too, so a config fails before it costs anything."""
 
     instance_type: str = Field("ml.c6i.2xlarge", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$")
-    instance_count: int = Field(1, ge=1, le=100)
+    # One training process per session: several instances would train the same session side by side.
+    instance_count: int = Field(1, ge=1, le=1, description="1: rlpipe sessions are single-process")
     volume_size_gb: int = Field(30, ge=1, le=16384)
     max_runtime_seconds: int = Field(86400, ge=1, le=MAX_RUNTIME_LIMIT)
     warm_pool: WarmPool = WarmPool()
@@ -108,6 +109,8 @@ class SessionSettings(_Strict):
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     normalize: bool = Field(True, description="VecNormalize observations and rewards")
     torch_threads: int = Field(1, ge=1, le=256, description="one thread is fastest for small MLPs on few cores")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device; MLP policies run fastest on "
+                                                   "the CPU, use cuda with a GPU instance and the CUDA image")
     vec_env: Literal["auto", "dummy", "subproc"] = "auto"
     eval: EvalSettings = EvalSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
@@ -342,23 +345,41 @@ def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config
                     continue
                 problems.append(p)
 
-    if not problems and len(sessions) == len(raw_sessions):
-        pipeline = PipelineConfig(name=name, sessions=sessions)
-        problems.extend(check_transfers(pipeline, check_envs=check_envs))
-        if not problems:
-            return pipeline
+    if sessions:
+        # Cross-session rules also run when other fields are wrong, over the sessions that did validate,
+        # so one round of fixes is enough.
+        complete = not problems and len(sessions) == len(raw_sessions)
+        partial = PipelineConfig.model_construct(name=name if complete else "", sessions=sessions)
+        problems.extend(check_transfers(partial, check_envs=check_envs, positions=_positions(raw_sessions)))
+        if complete and not problems:
+            return PipelineConfig(name=name, sessions=sessions)
     raise ConfigError(problems, source)
 
 
-def check_transfers(pipeline: PipelineConfig, check_envs: bool = True) -> list[Problem]:
-    """Cross-session rules: env ids exist, and each warm start can load the previous session's policy."""
+def _positions(raw_sessions: list[Any]) -> dict[str, int]:
+    """Index in the file of each session name (sessions that failed validation leave gaps)."""
+    return {e["name"]: i for i, e in enumerate(raw_sessions) if isinstance(e, dict) and isinstance(e.get("name"), str)}
+
+
+def check_transfers(pipeline: PipelineConfig, check_envs: bool = True,
+                    positions: dict[str, int] | None = None) -> list[Problem]:
+    """Cross-session rules: env ids exist, and each warm start can load the previous session's state.
+
+    ``positions`` (name -> index in the file) lets this run over a partial list of sessions: a warm start
+    is checked only when its previous session in the file is present.
+    """
     from rlpipe import envspec
 
     problems: list[Problem] = []
     signatures: dict[str, dict[str, Any] | None] = {}
     if check_envs:
         for s in pipeline.sessions:
-            sig = envspec.env_signature(s.env)
+            try:
+                sig = envspec.env_signature(s.env, s.env_kwargs)
+            except Exception as exc:  # gymnasium.make raised: most often an env_kwargs the env does not take
+                problems.append(Problem("env_kwargs", f"{s.env} cannot be built with {s.env_kwargs}: "
+                                        f"{type(exc).__name__}: {exc}", s.name))
+                continue
             signatures[s.name] = sig
             if sig is None:
                 close = envspec.suggest_env_ids(s.env)
@@ -368,25 +389,20 @@ def check_transfers(pipeline: PipelineConfig, check_envs: bool = True) -> list[P
             elif ALGORITHMS[s.algorithm].needs_box_actions and sig["action"]["type"] != "Box":
                 problems.append(Problem("algorithm", f"{s.algorithm} needs a continuous (Box) action space; "
                                         f"{s.env} has {envspec.describe(sig['action'])}", s.name))
-    for i, s in enumerate(pipeline.sessions):
+    index = positions or {s.name: i for i, s in enumerate(pipeline.sessions)}
+    by_index = {index[s.name]: s for s in pipeline.sessions if s.name in index}
+    for s in pipeline.sessions:
         if not s.use_previous_checkpoint:
             continue
+        i = index.get(s.name, -1)
         if i == 0:
             problems.append(Problem("use_previous_checkpoint", "the first session has no previous session to "
                                     "warm-start from; set it to false", s.name))
             continue
-        prev = pipeline.sessions[i - 1]
-        if prev.algorithm != s.algorithm:
-            problems.append(Problem("algorithm", f"cannot warm-start {s.algorithm} from '{prev.name}' trained with "
-                                    f"{prev.algorithm}: policies differ; use {prev.algorithm} or set "
-                                    "use_previous_checkpoint: false", s.name))
-        prev_arch = prev.hyperparameters.get("policy_kwargs")
-        if prev_arch != s.hyperparameters.get("policy_kwargs"):
-            problems.append(Problem("hyperparameters.policy_kwargs", f"must equal '{prev.name}''s "
-                                    f"({prev_arch!r}) to load its weights", s.name))
-        if not ALGORITHMS[s.algorithm].off_policy and s.handoff.replay_buffer == "carry":
-            problems.append(Problem("handoff.replay_buffer", f"{s.algorithm} is on-policy and has no replay "
-                                    "buffer; use reset", s.name))
+        prev = by_index.get(i - 1)
+        if prev is None:
+            continue
+        problems.extend(_transfer_problems(prev, s))
         a, b = signatures.get(prev.name), signatures.get(s.name)
         if a and b:
             for part in ("observation", "action"):
@@ -394,6 +410,40 @@ def check_transfers(pipeline: PipelineConfig, check_envs: bool = True) -> list[P
                     problems.append(Problem("env", f"{part} space of {s.env} ({envspec.describe(b[part])}) differs "
                                             f"from '{prev.name}''s {prev.env} ({envspec.describe(a[part])}); "
                                             "transfer needs equal spaces", s.name))
+    return problems
+
+
+def _transfer_problems(prev: SessionConfig, s: SessionConfig) -> list[Problem]:
+    """What keeps session ``s`` from loading ``prev``'s bundle (each would otherwise fail mid-run)."""
+    problems: list[Problem] = []
+
+    def problem(field: str, message: str) -> None:
+        problems.append(Problem(field, message, s.name))
+
+    if prev.algorithm != s.algorithm:
+        problem("algorithm", f"cannot warm-start {s.algorithm} from '{prev.name}' trained with {prev.algorithm}: "
+                f"policies differ; use {prev.algorithm} or set use_previous_checkpoint: false")
+        return problems
+    hp, prev_hp = s.hyperparameters, prev.hyperparameters
+    if prev_hp.get("policy_kwargs") != hp.get("policy_kwargs"):
+        problem("hyperparameters.policy_kwargs", f"must equal '{prev.name}''s ({prev_hp.get('policy_kwargs')!r}) "
+                "to load its weights")
+    if bool(prev_hp.get("use_sde")) != bool(hp.get("use_sde")):
+        problem("hyperparameters.use_sde", f"must equal '{prev.name}''s: gSDE changes the policy's parameters")
+    if prev.normalize != s.normalize:
+        problem("normalize", f"must equal '{prev.name}''s ({prev.normalize}): the policy was trained on "
+                f"{'normalized' if prev.normalize else 'raw'} observations")
+    info = ALGORITHMS[s.algorithm]
+    if not info.off_policy and s.handoff.replay_buffer == "carry":
+        problem("handoff.replay_buffer", f"{s.algorithm} is on-policy and has no replay buffer; use reset")
+    if info.off_policy and s.handoff.replay_buffer == "carry" and prev.n_envs != s.n_envs:
+        problem("handoff.replay_buffer", f"carrying the replay buffer needs n_envs equal to '{prev.name}''s "
+                f"({prev.n_envs}); got {s.n_envs}")
+    if s.algorithm == "sac" and s.handoff.optimizer == "carry":
+        learned = [str(x.get("ent_coef", "auto")).startswith("auto") for x in (prev_hp, hp)]
+        if learned[0] != learned[1]:
+            problem("hyperparameters.ent_coef", f"a learned ('auto') and a fixed entropy coefficient cannot share "
+                    f"optimizer state with '{prev.name}'; match ent_coef or set handoff.optimizer: reset")
     return problems
 
 

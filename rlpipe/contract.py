@@ -6,7 +6,6 @@ so the trainer is one program in both places.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +80,6 @@ class ContainerPaths:
         """Record why training failed, as SageMaker reads it (truncated to its limit)."""
         self.output.mkdir(parents=True, exist_ok=True)
         self.failure.write_text(reason[:FAILURE_REASON_LIMIT])
-
-    def read_hyperparameters(self) -> dict[str, str]:
-        """SageMaker's string-to-string hyperparameters (empty when absent)."""
-        if not self.hyperparameters.exists():
-            return {}
-        return json.loads(self.hyperparameters.read_text())
 
 
 def session_document(pipeline: str, run_id: str, index: int, session: dict[str, Any],

@@ -80,12 +80,12 @@ def suggest_env_ids(env_id: str, n: int = 3) -> list[str]:
 
 
 @lru_cache(maxsize=64)
-def _live_signature(env_id: str) -> dict[str, Any]:
+def _live_signature(env_id: str, kwargs_json: str = "{}") -> dict[str, Any]:
     import gymnasium
 
     import rlpipe.envs  # noqa: F401
 
-    env = gymnasium.make(env_id)
+    env = gymnasium.make(env_id, **json.loads(kwargs_json))
     try:
         return {"observation": _obs_signature(env.observation_space),
                 "action": _space_signature(env.action_space)}
@@ -93,12 +93,16 @@ def _live_signature(env_id: str) -> dict[str, Any]:
         env.close()
 
 
-def env_signature(env_id: str) -> dict[str, Any] | None:
-    """Space signature of ``env_id``, or None if the id is unknown here."""
+def env_signature(env_id: str, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Space signature of ``env_id`` built with ``env_kwargs``, or None if the id is unknown here.
+
+    The shipped catalog knows only default kwargs; where it answers, kwargs that change the spaces go
+    unnoticed until the session starts (``rlpipe start`` validates locally first, with gymnasium).
+    """
     if _gymnasium_available():
         if env_id not in _registered_ids():
             return None
-        return _live_signature(env_id)
+        return _live_signature(env_id, json.dumps(env_kwargs or {}, sort_keys=True))
     return _catalog().get(env_id)
 
 

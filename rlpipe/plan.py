@@ -46,6 +46,7 @@ class PlannedSession:
 
     index: int
     name: str
+    global_timestep_offset: int  # timesteps of all sessions before this one: the x offset of its curve
     env: str
     algorithm: str
     timesteps: int
@@ -84,8 +85,9 @@ def handoff_parts(s: SessionConfig) -> tuple[list[str], list[str]]:
     if not s.use_previous_checkpoint:
         return [], []
     carried, reset = ["policy"], []
-    for part in ("optimizer", "vecnormalize"):
-        (carried if getattr(s.handoff, part) == "carry" else reset).append(part)
+    (carried if s.handoff.optimizer == "carry" else reset).append("optimizer")
+    if s.normalize:  # without VecNormalize there are no statistics to carry or reset
+        (carried if s.handoff.vecnormalize == "carry" else reset).append("vecnormalize")
     if ALGORITHMS[s.algorithm].off_policy:
         (carried if s.handoff.replay_buffer == "carry" else reset).append("replay_buffer")
     # Each session has its own budget: SB3's num_timesteps restarts at 0; the global offset is kept for plots.
@@ -123,8 +125,14 @@ def build_plan(pipeline: PipelineConfig) -> Plan:
                 total += cost
         if s.compute.warm_pool.enabled and not next_reuses and nxt is not None:
             notes.append("pool not kept: next session cannot reuse it")
+        info = ALGORITHMS[s.algorithm]
+        if not info.off_policy:
+            rollout = int(s.hyperparameters.get("n_steps", info.default_n_steps)) * (s.n_envs or 1)
+            if s.timesteps % rollout:
+                notes.append(f"the last {s.timesteps % rollout} steps fill a partial rollout that is not trained on "
+                             f"(budget not a multiple of n_steps x n_envs = {rollout})")
         sessions.append(PlannedSession(
-            index=i, name=s.name, env=s.env, algorithm=s.algorithm, timesteps=s.timesteps,
+            index=i, name=s.name, global_timestep_offset=sum(x.timesteps for x in pipeline.sessions[:i]), env=s.env, algorithm=s.algorithm, timesteps=s.timesteps,
             handoff_from=prev.name if (prev and s.use_previous_checkpoint) else None,
             carried=carried, reset=reset, instance_type=s.compute.instance_type,
             instance_count=s.compute.instance_count, spot=s.compute.spot,

@@ -25,7 +25,7 @@ from pathlib import Path
 from rlpipe.config import PipelineConfig
 from rlpipe.contract import ContainerPaths, session_document
 from rlpipe.jsonio import read_json, write_json_atomic
-from rlpipe.state import RunState, seconds_between, utcnow
+from rlpipe.state import RunState, seconds_between, transition_seconds, utcnow
 
 log = logging.getLogger("rlpipe.runner")
 
@@ -100,11 +100,10 @@ class LocalRunner:
     def _prepare_session(self, index: int) -> ContainerPaths:
         cfg = self.pipeline.sessions[index]
         paths = ContainerPaths(self.out_dir / cfg.name)
-        offset = sum(s.timesteps for s in self.pipeline.sessions[:index])
         st = self.state.sessions[index]
         write_json_atomic(paths.session_file, session_document(
-            self.pipeline.name, self.state.run_id, index, cfg.model_dump(mode="json"), st.handoff_from, offset))
-        st.global_timestep_offset = offset
+            self.pipeline.name, self.state.run_id, index, cfg.model_dump(mode="json"), st.handoff_from,
+            st.global_timestep_offset))
         if cfg.use_previous_checkpoint:
             prev = ContainerPaths(self.out_dir / self.pipeline.sessions[index - 1].name).model
             link = paths.previous
@@ -115,11 +114,11 @@ class LocalRunner:
             link.symlink_to(os.path.relpath(prev, link.parent), target_is_directory=True)
         return paths
 
-    def _run_session(self, index: int) -> str:
+    def _run_session(self, index: int, after_previous: bool) -> str:
+        """Run session ``index``; ``after_previous`` when the previous session ended in this invocation."""
         from rlpipe.trainer.session import SessionTrainer
 
         st = self.state.sessions[index]
-        paths = self._prepare_session(index)
         attempt_start = utcnow()
         st.status, st.attempts, st.error = "running", st.attempts + 1, None
         st.started_at = st.started_at or attempt_start
@@ -127,6 +126,7 @@ class LocalRunner:
         if self.hooks.session_started:
             self.hooks.session_started(index, st.name, st.timesteps, st.timesteps_budget)
         try:
+            paths = self._prepare_session(index)
             trainer = SessionTrainer(paths, stop=self.stop, progress=self.hooks.session_progress,
                                      started_at=attempt_start)
             result = trainer.run()
@@ -148,11 +148,12 @@ class LocalRunner:
             st.final_eval_reward, st.best_eval_reward = m["final_eval_reward"], m["best_eval_reward"]
             st.carried, st.reset = m["carried"], m["reset"]
             st.bundle = str(paths.model.relative_to(self.out_dir))
-            prev = self.state.sessions[index - 1] if index else None
-            gap = seconds_between(prev.ended_at, st.first_step_at) if prev is not None else None
-            if gap is not None:
-                # Transition = hand-over cost (bundle load, env creation), not the step-0 transfer evaluation.
-                st.transition_seconds = round(gap - m["timing"].get("transfer_eval_seconds", 0.0), 3)
+            # Only a session that started fresh right after the previous one measures a hand-over; after a
+            # resume the gap would include downtime and earlier training.
+            if index and after_previous and st.attempts == 1:
+                st.transition_seconds = transition_seconds(self.state.sessions[index - 1].ended_at,
+                                                           st.first_step_at,
+                                                           m["timing"].get("transfer_eval_seconds"))
         else:
             st.status = "interrupted"
         self._save()
@@ -162,6 +163,10 @@ class LocalRunner:
 
     def run(self) -> RunState:
         """Run every session not yet completed; returns the final state (also on disk)."""
+        if self.state.status == "succeeded" and self.state.next_index() is None:
+            log.info("run %s already succeeded; report rebuilt", self.state.run_id)
+            self._write_report()
+            return self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
         with open(self.out_dir / "command.txt", "a") as fh:
@@ -170,14 +175,16 @@ class LocalRunner:
         self.state.status, self.state.ended_at, self.state.error = "running", None, None
         self._save()
         try:
+            after_previous = False
             for index, st in enumerate(self.state.sessions):
                 if st.status == "completed":
-                    log.info("session %s: already completed, skipped", st.name)
+                    log.info("session %s: already completed, not run again", st.name)
                     continue
-                if self._run_session(index) == "interrupted":
+                if self.stop.is_set() or self._run_session(index, after_previous) == "interrupted":
                     self.state.finish("interrupted", f"stopped during session '{st.name}'; "
                                                      "continue with --resume")
                     break
+                after_previous = True
             else:
                 self.state.finish("succeeded")
         except BaseException as exc:

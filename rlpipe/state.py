@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlpipe.config import PipelineConfig
 from rlpipe.plan import build_plan
 
-SessionStatus = Literal["pending", "running", "completed", "failed", "interrupted", "skipped"]
+SessionStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
 RunStatus = Literal["pending", "running", "succeeded", "failed", "interrupted"]
 
 
@@ -27,7 +27,23 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     """Seconds from ``start`` to ``end`` (ISO timestamps), or None if either is missing."""
     if not start or not end:
         return None
-    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 3)
+    try:
+        return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 3)
+    except (TypeError, ValueError):  # unparseable, or naive mixed with aware
+        return None
+
+
+def transition_seconds(prev_ended_at: str | None, first_step_at: str | None,
+                       transfer_eval_seconds: float | None = None) -> float | None:
+    """Hand-over time between two sessions: the previous session's end to this one's first training step.
+
+    The step-0 evaluation of a warm-started policy runs in between; it is a measurement, not hand-over cost,
+    so it is subtracted (and reported as an evaluation of its own).
+    """
+    gap = seconds_between(prev_ended_at, first_step_at)
+    if gap is None:
+        return None
+    return round(max(0.0, gap - (transfer_eval_seconds or 0.0)), 3)
 
 
 class SessionState(BaseModel):
@@ -87,6 +103,7 @@ class RunState(BaseModel):
         """Fresh state for ``pipeline`` with every session pending."""
         plan = build_plan(pipeline)
         sessions = [SessionState(name=p.name, env=p.env, algorithm=p.algorithm, timesteps_budget=p.timesteps,
+                                 global_timestep_offset=p.global_timestep_offset,
                                  handoff_from=p.handoff_from, carried=p.carried, reset=p.reset)
                     for p in plan.sessions]
         return cls(pipeline=pipeline.name, run_id=run_id, config_fingerprint=pipeline.fingerprint(),
@@ -99,9 +116,9 @@ class RunState(BaseModel):
                 return s
         raise KeyError(name)
 
-    def next_pending(self) -> SessionState | None:
-        """First session not yet completed (pending, interrupted or failed), or None when all are done."""
-        return next((s for s in self.sessions if s.status not in ("completed", "skipped")), None)
+    def next_index(self) -> int | None:
+        """Index of the first session not completed (pending, interrupted or failed); None when all are done."""
+        return next((i for i, s in enumerate(self.sessions) if s.status != "completed"), None)
 
     def touch(self) -> None:
         """Mark the state as changed now."""

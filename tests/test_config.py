@@ -67,6 +67,7 @@ def with_(path: str, value: Any, raw: dict[str, Any] | None = None) -> dict[str,
     ("defaults.compute.instance_type", "c5.xlarge", "defaults.compute.instance_type: String should match pattern"),
     ("defaults.compute.instance_count", 0, "defaults.compute.instance_count: Input should be greater than or equal "
                                            "to 1"),
+    ("defaults.compute.instance_count", 2, "defaults.compute.instance_count: Input should be less than or equal to 1"),
     ("name", "my pipeline", "name: String should match pattern"),
     ("sesions", [], "sesions: unknown key; did you mean 'sessions'?"),
 ])
@@ -92,6 +93,45 @@ def test_transfer_needs_same_algorithm() -> None:
     raw["sessions"][0]["hyperparameters"] = {"n_steps": 64, "policy_kwargs": {"net_arch": [16, 16]}}
     assert any("session 'hold': algorithm: cannot warm-start a2c from 'stand' trained with ppo" in p
                for p in problems(raw))
+
+
+@pytest.mark.parametrize("session_changes,expected", [
+    ({"normalize": False}, "session 'hold': normalize: must equal 'stand''s (True)"),
+    ({"hyperparameters": {"n_steps": 64, "batch_size": 64, "use_sde": True,
+                          "policy_kwargs": {"net_arch": [16, 16]}}}, "session 'hold': hyperparameters.use_sde"),
+    ({"env_kwargs": {"max_load_newtons": "x"}}, "session 'hold': env_kwargs: rlpipe/CrushResistance-v0 cannot be "
+                                                "built"),
+])
+def test_transfer_rules(session_changes: dict[str, Any], expected: str) -> None:
+    raw = copy.deepcopy(TINY)
+    raw["sessions"][1].update(session_changes)
+    assert any(expected in p for p in problems(raw)), problems(raw)
+
+
+def test_env_kwargs_that_change_spaces_break_transfer() -> None:
+    raw = {"name": "h", "sessions": [
+        {"name": "a", "env": "Hopper-v5", "timesteps": 100, "n_envs": 1},
+        {"name": "b", "env": "Hopper-v5", "timesteps": 100, "n_envs": 1, "use_previous_checkpoint": True,
+         "env_kwargs": {"exclude_current_positions_from_observation": False}}]}
+    assert any("session 'b': env: observation space of Hopper-v5 (Box(12,) float64) differs" in p
+               for p in problems(raw))
+
+
+def test_sac_transfer_rules() -> None:
+    base = {"env": "Hopper-v5", "timesteps": 100, "algorithm": "sac"}
+    raw = {"name": "s", "sessions": [
+        {"name": "a", **base, "n_envs": 2, "hyperparameters": {"ent_coef": 0.1}},
+        {"name": "b", **base, "n_envs": 1, "use_previous_checkpoint": True, "handoff": {"replay_buffer": "carry"}}]}
+    found = problems(raw)
+    assert any("session 'b': handoff.replay_buffer: carrying the replay buffer needs n_envs equal" in p for p in found)
+    assert any("session 'b': hyperparameters.ent_coef: a learned ('auto') and a fixed" in p for p in found)
+
+
+def test_cross_session_problems_reported_with_field_problems() -> None:
+    raw = with_("sessions.0.use_previous_checkpoint", True, with_("sessions.1.timestep", 5))
+    found = problems(raw)
+    assert any("session 'hold': timestep: unknown key" in p for p in found)
+    assert any("use_previous_checkpoint: the first session" in p for p in found)
 
 
 def test_sac_needs_box_actions() -> None:

@@ -14,7 +14,7 @@ import pytest
 from rlpipe.config import parse_pipeline
 from rlpipe.jsonio import read_json, write_json_atomic
 from rlpipe.report import build_report, learning_curve_png, render_html, render_markdown, write_local_report
-from rlpipe.state import RunState
+from rlpipe.state import RunState, transition_seconds
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T0 = "2025-01-01T10:00:00.000+00:00"
@@ -64,12 +64,14 @@ def _fill(state: RunState, name: str, start: float, **extra: Any) -> None:
 
 @pytest.fixture
 def finished() -> tuple[RunState, dict[str, Any]]:
-    """Three sessions: stand, crush (warm start, transition computed from timestamps), fresh (failed)."""
+    """Three sessions: stand, crush (warm start, 3.5 s transition as the driver recorded it), fresh (failed)."""
     state = RunState.new(_pipeline(), "run1")
     state.status = "running"
     _fill(state, "stand", 0, final_eval_reward=1.0, best_eval_reward=1.0, bundle="runs/curr/stand/model")
     # crush's first step comes 3.5 s after stand ended: 20 + 2 (start) + 1.5 (first step) - 20.
     _fill(state, "crush", 22, global_timestep_offset=4000, final_eval_reward=-99.0)
+    state.session("crush").transition_seconds = transition_seconds(state.session("stand").ended_at,
+                                                                   state.session("crush").first_step_at)
     fresh = state.session("fresh")
     fresh.status, fresh.attempts, fresh.global_timestep_offset = "failed", 2, 8000
     fresh.started_at, fresh.timesteps = _ts(45), 500
@@ -337,5 +339,6 @@ def test_bad_timestamps_do_not_crash(finished) -> None:
     state.session("crush").first_step_at = "not a time"
     state.session("stand").started_at = "2025-01-01T10:00:00"  # naive: cannot be compared with aware ones
     report = build_report(state, metrics)
-    assert report["sessions"][1]["transition_seconds"] is None
+    assert report["sessions"][1]["first_step_at"] == "not a time"
+    assert report["sessions"][1]["transition_seconds"] == 3.5  # the driver's record stands
     render_markdown(report)

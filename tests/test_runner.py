@@ -47,11 +47,11 @@ def test_resume_skips_completed_session(tmp_path: Path, tiny_raw: dict[str, Any]
     out = tmp_path / "run"
     pipeline = parse_pipeline(tiny_raw)
     stop = threading.Event()
-    # Stop as soon as the first session is done: the second starts, sees the stop and checkpoints at once.
+    # Stop as soon as the first session is done: the second does not start.
     hooks = SessionHooks(session_finished=lambda i, name, status: stop.set())
     state = LocalRunner(pipeline, out, hooks=hooks, stop=stop).run()
     assert state.status == "interrupted"
-    assert [s.status for s in state.sessions] == ["completed", "interrupted"]
+    assert [s.status for s in state.sessions] == ["completed", "pending"]
     first_bundle = out / "stand" / "model" / "model.zip"
     mtime = first_bundle.stat().st_mtime_ns
 
@@ -59,7 +59,13 @@ def test_resume_skips_completed_session(tmp_path: Path, tiny_raw: dict[str, Any]
     assert state.status == "succeeded"
     assert state.sessions[0].attempts == 1  # not re-run
     assert first_bundle.stat().st_mtime_ns == mtime
-    assert state.sessions[1].attempts == 2 and state.sessions[1].timesteps == 256
+    assert state.sessions[1].attempts == 1 and state.sessions[1].timesteps == 256
+    assert state.sessions[1].transition_seconds is None  # not measured across invocations
+
+    # Running a finished run again changes nothing but the report.
+    before = (out / "state.json").read_bytes()
+    state = LocalRunner(pipeline, out, resume=True).run()
+    assert state.status == "succeeded" and (out / "state.json").read_bytes() == before
 
 
 def test_existing_run_is_not_clobbered(tmp_path: Path, tiny_raw: dict[str, Any]) -> None:
@@ -79,11 +85,20 @@ def test_existing_run_is_not_clobbered(tmp_path: Path, tiny_raw: dict[str, Any])
         LocalRunner(parse_pipeline(tiny_raw), tmp_path / "other")
 
 
-def test_failed_session_recorded_with_reason(tmp_path: Path, tiny_raw: dict[str, Any]) -> None:
-    tiny_raw["sessions"][1]["env_kwargs"] = {"no_such_kwarg": 1}
+def test_failed_session_recorded_with_reason(tmp_path: Path, tiny_raw: dict[str, Any],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlpipe.trainer.session import SessionTrainer
+
+    original = SessionTrainer._warm_start
+
+    def broken_bundle(self: SessionTrainer, model: Any, prev: Any) -> None:
+        raise RuntimeError("no_such_kwarg in the bundle")  # a failure only running the session can reveal
+
+    monkeypatch.setattr(SessionTrainer, "_warm_start", broken_bundle)
     out = tmp_path / "run"
-    with pytest.raises(TypeError):
+    with pytest.raises(RuntimeError):
         LocalRunner(parse_pipeline(tiny_raw), out).run()
+    monkeypatch.setattr(SessionTrainer, "_warm_start", original)
     state = read_json(out / "state.json")
     assert state["status"] == "failed"
     assert state["sessions"][0]["status"] == "completed"

@@ -95,12 +95,7 @@ def _session_entry(index: int, s: SessionState, m: Mapping[str, Any] | None,
     m = m or {}
     timing = m.get("timing") if isinstance(m.get("timing"), Mapping) else {}
 
-    # The state's offset defaults to 0; after the first session 0 means "not known yet".
-    fallback_offset = 0 if prev is None else prev["global_timestep_offset"] + (
-        prev["timesteps"] or prev["timesteps_budget"])
-    offset = _first(_int(m.get("global_timestep_offset")),
-                    s.global_timestep_offset if (s.global_timestep_offset or index == 0) else None,
-                    fallback_offset)
+    offset = _first(_int(m.get("global_timestep_offset")), s.global_timestep_offset)
 
     evaluations = _evaluations(m, offset)
     rewards = [e["mean_reward"] for e in evaluations]
@@ -111,9 +106,8 @@ def _session_entry(index: int, s: SessionState, m: Mapping[str, Any] | None,
 
     first_step_at = _first(s.first_step_at, timing.get("first_step_at"))
     ended_at = _first(s.ended_at, timing.get("ended_at"))
+    # The drivers decide what counts as a hand-over (rlpipe.state.transition_seconds); none is guessed here.
     transition = _num(s.transition_seconds)
-    if transition is None and prev is not None:
-        transition = _seconds(prev["ended_at"], first_step_at)
 
     # What a warm start carried: the trainer's account when it has run, the plan's until then.
     has_handoff_record = "carried" in m or "reset" in m

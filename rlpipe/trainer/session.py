@@ -42,8 +42,8 @@ from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_check
 log = logging.getLogger(__name__)
 
 ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
-EVAL_SEED_OFFSET = 1_000_003
-HANDOFF_ORDER = ("policy", "optimizer", "vecnormalize", "replay_buffer", "num_timesteps")  # keeps evaluation episodes apart from training episodes
+EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation episodes apart from training episodes
+HANDOFF_ORDER = ("policy", "optimizer", "vecnormalize", "replay_buffer", "num_timesteps")
 
 
 @dataclass
@@ -88,12 +88,15 @@ class SessionTrainer:
         self._checkpointed_at: int | None = None
         self.warm_started = False
         self.transfer_eval_seconds = 0.0
+        self._open_envs: list[VecEnv] = []  # closed in run()'s finally, also when preparation fails
 
     # -- environments -------------------------------------------------------------------------------------
     def _make_env(self, n_envs: int, seed: int) -> VecEnv:
         s = self.session
-        return make_vec_env(s.env, n_envs=n_envs, seed=seed, env_kwargs=dict(s.env_kwargs),
-                            vec_env_cls=choose_vec_env(s) if n_envs > 1 else DummyVecEnv)
+        env = make_vec_env(s.env, n_envs=n_envs, seed=seed, env_kwargs=dict(s.env_kwargs),
+                           vec_env_cls=choose_vec_env(s) if n_envs > 1 else DummyVecEnv)
+        self._open_envs.append(env)
+        return env
 
     def _wrap_normalize(self, venv: VecEnv, stats: Path | None) -> VecEnv:
         if not self.session.normalize:
@@ -108,18 +111,18 @@ class SessionTrainer:
     # -- model --------------------------------------------------------------------------------------------
     def _new_model(self, env: VecEnv) -> BaseAlgorithm:
         s = self.session
-        return self.info(s.policy, env, seed=s.seed, device="cpu", verbose=0,
+        return self.info(s.policy, env, seed=s.seed, device=s.device, verbose=0,
                          tensorboard_log=str(self.paths.tensorboard), **s.hyperparameters)
 
     def _warm_start(self, model: BaseAlgorithm, prev: B.Bundle) -> None:
         """Load the previous bundle's policy (and, per the handoff rules, optimizer and replay buffer)."""
         h = self.session.handoff
-        _, params, torch_vars = load_from_zip_file(str(prev.path / B.MODEL), device="cpu")
+        _, params, torch_vars = load_from_zip_file(str(prev.path / B.MODEL), device=model.device)
         model.policy.load_state_dict(params["policy"], strict=True)
         self.carried.append("policy")
         optim = {k: v for k, v in params.items() if "optimizer" in k}
         if h.optimizer == "carry":
-            model.set_parameters(optim, exact_match=False, device="cpu")
+            model.set_parameters(optim, exact_match=False, device=model.device)
             for name, value in (torch_vars or {}).items():
                 target = getattr(model, name, None)
                 if isinstance(target, torch.Tensor):
@@ -163,7 +166,7 @@ class SessionTrainer:
         # Different seeds after a resume so the restarted part does not replay the first episodes.
         env = self._wrap_normalize(self._make_env(s.n_envs or 1, s.seed + start), stats)
         if ckpt is not None:
-            model = self.info.load(str(ckpt.path / B.MODEL), env=env, device="cpu",
+            model = self.info.load(str(ckpt.path / B.MODEL), env=env, device=s.device,
                                    tensorboard_log=str(self.paths.tensorboard))
             rb = ckpt.file(B.REPLAY_BUFFER)
             if self.off_policy and rb is not None:
@@ -266,20 +269,20 @@ class SessionTrainer:
         """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
         s = self.session
         torch.set_num_threads(s.torch_threads)
-        model, env, ckpt = self._prepare()
-        resumed_from = ckpt.timesteps if ckpt else None
-        self._checkpointed_at = resumed_from
-        eval_env = self._wrap_normalize(self._make_env(1, s.seed + EVAL_SEED_OFFSET), None)
-        if isinstance(eval_env, VecNormalize):
-            eval_env.training = False
-            eval_env.norm_reward = False
-        budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
-        evaluator = Evaluator(eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
-                              self.history, on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)),
-                              fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET)
-        checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
         try:
-            if self.warm_started:
+            model, env, ckpt = self._prepare()
+            resumed_from = ckpt.timesteps if ckpt else None
+            self._checkpointed_at = resumed_from
+            eval_env = self._wrap_normalize(self._make_env(1, s.seed + EVAL_SEED_OFFSET), None)
+            if isinstance(eval_env, VecNormalize):
+                eval_env.training = False
+                eval_env.norm_reward = False
+            budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
+            evaluator = Evaluator(eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
+                                  self.history, fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET,
+                                  on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)))
+            checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
+            if self.warm_started and not self.stop.is_set():
                 # Step 0 of a warm start: how well the transferred policy does on the new task before training.
                 evaluator.init_callback(model)
                 clock = time.perf_counter()
@@ -303,6 +306,7 @@ class SessionTrainer:
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
             return SessionResult("completed", steps, resumed_from, metrics)
         finally:
-            env.close()
-            eval_env.close()
+            for opened in self._open_envs:
+                opened.close()
+            self._open_envs.clear()
             shutil.rmtree(self._scratch, ignore_errors=True)
