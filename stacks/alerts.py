@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Aws, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
@@ -15,9 +15,13 @@ from constructs import Construct
 class Alerts(Construct):
     """An SNS topic (SSL only, encrypted with its own customer-managed key) with one email subscription each.
 
-    EventBridge can only deliver to an encrypted topic when the key policy lets ``events.amazonaws.com`` use
-    the key (an AWS-managed SNS key cannot be changed, hence a customer-managed one). Publishers inside the
-    stack (state machine, Lambdas) use ``topic.grant_publish``, which also grants the key's data-key calls.
+    Service publishers need the key policy to let them use the key (an AWS-managed SNS key cannot be changed,
+    hence a customer-managed one): CloudWatch, for the stack's alarm on undelivered cleanup events, and
+    EventBridge, for rules users add to route more events here (SageMaker job state changes, for example; the
+    issue's brief asks the topic to accept them). Both grants hold only for requests made on behalf of this
+    account (``aws:SourceAccount``), so no other account's rule or alarm can use the key through the service
+    (confused deputy). Publishers inside the stack (state machine, Lambdas) use ``topic.grant_publish``,
+    which also grants the key's data-key calls.
 
     Attributes: ``topic``, ``key``.
     """
@@ -31,12 +35,15 @@ class Alerts(Construct):
             enable_key_rotation=True,
             removal_policy=removal_policy,
         )
-        self.key.add_to_resource_policy(iam.PolicyStatement(
-            sid="AllowEventBridgeToPublishToTheTopic",
-            principals=[iam.ServicePrincipal("events.amazonaws.com")],
-            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-            resources=["*"],  # in a key policy, "*" is this key
-        ))
+        for sid, service in (("AllowEventBridgeToPublishToTheTopic", "events.amazonaws.com"),
+                             ("AllowCloudWatchAlarmsToPublishToTheTopic", "cloudwatch.amazonaws.com")):
+            self.key.add_to_resource_policy(iam.PolicyStatement(
+                sid=sid,
+                principals=[iam.ServicePrincipal(service)],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],  # in a key policy, "*" is this key
+                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
+            ))
         self.topic = sns.Topic(
             self, "Topic",
             display_name="rlpipe",

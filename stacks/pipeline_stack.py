@@ -8,6 +8,7 @@ from aws_cdk import Aws, CfnOutput, Fn, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
+from rlpipe.cloud.requests import StackSettings
 from stacks.alerts import Alerts
 from stacks.orchestration import Orchestration
 from stacks.settings import AppSettings
@@ -57,6 +58,15 @@ class PipelineStack(Stack):
         CfnOutput(self, "ImageUri", value=self.training_image.image_uri, description="Training image")
         CfnOutput(self, "TrainingRoleArn", value=self.training_image.role.role_arn,
                   description="SageMaker execution role of the training jobs")
+        # Everything a CreateTrainingJob request takes from the stack, as the Lambdas get it: `rlpipe debug-job`
+        # builds its request from this, so VPC, KMS key and job prefix are the deployed ones.
+        request_settings = StackSettings(
+            bucket=self.storage.bucket.bucket_name, role_arn=self.training_image.role.role_arn,
+            image_uri=self.training_image.image_uri, job_prefix=settings.job_prefix,
+            subnet_ids=settings.vpc_subnet_ids, security_group_ids=settings.vpc_security_group_ids,
+            kms_key_arn=settings.kms_key_arn)
+        CfnOutput(self, "RequestSettings", value=self.to_json_string(request_settings.document()),
+                  description="Settings of every training job request (JSON), read by `rlpipe debug-job`")
         CfnOutput(self, "StartExecutionCommand",
                   value=Fn.join("", ["aws stepfunctions start-execution --region ", Aws.REGION,
                                      " --state-machine-arn ", machine_arn, " --input '{}'"]),

@@ -15,19 +15,16 @@ from typing import Any, Callable, Literal
 
 from aws_cdk import RemovalPolicy
 
+from rlpipe.cloud.naming import DEFAULT_JOB_PREFIX, DEFAULT_STACK_NAME, NamingError, check_job_prefix
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
-DEFAULT_STACK_NAME = "RlpipeStack"
 
 _EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
 _SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/"
                           r"(mrk-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
-# Job names are built from this prefix, the run id, the session and the attempt, and must stay within
-# SageMaker's 63 characters ([a-zA-Z0-9](-*[a-zA-Z0-9])*): keep the prefix short.
-_JOB_PREFIX = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
-JOB_PREFIX_MAX = 12
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 
 ImageBase = Literal["cpu", "cuda"]
@@ -50,7 +47,7 @@ class AppSettings:
     vpc_security_group_ids: tuple[str, ...] = ()
     kms_key_arn: str | None = None
     removal_policy: Literal["retain", "destroy"] = "retain"
-    job_prefix: str = "rlpipe"
+    job_prefix: str = DEFAULT_JOB_PREFIX
     default_pipeline: Path = field(default_factory=lambda: REPO_ROOT / "configs" / "pipeline.yaml")
     image_build_arg_base: ImageBase = "cpu"
     stack_name: str = DEFAULT_STACK_NAME
@@ -91,10 +88,12 @@ class AppSettings:
         if removal not in ("retain", "destroy"):
             problems.append(f"removal_policy: '{removal}' must be retain or destroy")
 
-        job_prefix = _as_str(get("job_prefix")) or "rlpipe"
-        if not _JOB_PREFIX.match(job_prefix) or len(job_prefix) > JOB_PREFIX_MAX:
-            problems.append(f"job_prefix: '{job_prefix}' must be at most {JOB_PREFIX_MAX} letters, digits "
-                            "or inner hyphens (it starts every SageMaker training job name)")
+        # Job names are built from this prefix, the run, the session and the attempt (rlpipe.cloud.naming).
+        job_prefix = _as_str(get("job_prefix")) or DEFAULT_JOB_PREFIX
+        try:
+            check_job_prefix(job_prefix)
+        except NamingError as exc:
+            problems.append(f"job_prefix: {exc} (it starts every SageMaker training job name)")
 
         pipeline_value = _as_str(get("default_pipeline")) or "configs/pipeline.yaml"
         default_pipeline = Path(pipeline_value)

@@ -1,7 +1,7 @@
 """Storage: the pipeline bucket (configs, runs, checkpoints, reports), its access-log bucket, and the default
 pipeline written into the bucket at deploy time.
 
-Bucket layout (every other construct scopes its permissions to these prefixes):
+Bucket layout (defined in ``rlpipe.cloud.store``; every other construct scopes its permissions to it):
     configs/<...>                 pipelines uploaded by ``rlpipe start``; ``configs/default/pipeline.json`` is
                                   written by this stack at deploy (input ``{}`` runs it)
     runs/<run_id>/...             state documents, resolved session configs, job output, reports
@@ -21,17 +21,15 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from rlpipe.cloud.store import CHECKPOINTS_PREFIX, CONFIGS_PREFIX, DEFAULT_PIPELINE_KEY, RUNS_PREFIX
 from rlpipe.config import load_pipeline
 
-CONFIGS_PREFIX = "configs/"
-RUNS_PREFIX = "runs/"
-CHECKPOINTS_PREFIX = "checkpoints/"
-DEFAULT_PIPELINE_KEY = "configs/default/pipeline.json"
+__all__ = ["CHECKPOINTS_PREFIX", "CONFIGS_PREFIX", "DEFAULT_PIPELINE_KEY", "RUNS_PREFIX", "Storage"]
 
 # Checkpoints are rewritten many times per session, and every rewrite leaves a noncurrent version behind.
 NONCURRENT_CHECKPOINT_DAYS = 3
-# A session's checkpoints only matter for resuming it (Step Functions redrive works for 14 days); the handoff
-# bundle that the next session needs lives under runs/.
+# A session's checkpoints only matter for resuming it (a new execution with {"resume_run_id": ...}); the
+# handoff bundle that the next session needs lives under runs/.
 CHECKPOINT_RETENTION_DAYS = 90
 NONCURRENT_VERSION_DAYS = 30
 ACCESS_LOG_RETENTION_DAYS = 365

@@ -23,8 +23,9 @@ from aws_cdk import aws_s3 as s3
 from cdk_ecr_deployment import DockerImageName, ECRDeployment
 from constructs import Construct
 
+from rlpipe.cloud.naming import job_name_pattern
+from rlpipe.cloud.store import TRAINING_JOB_ACCESS
 from stacks.settings import REPO_ROOT, ImageBase
-from stacks.storage import CHECKPOINTS_PREFIX, CONFIGS_PREFIX, RUNS_PREFIX
 
 DOCKERFILE = "training_image/Dockerfile"
 # Build arguments per base. PyPI's default torch wheel bundles CUDA (several GB); the CPU image takes torch from
@@ -117,25 +118,26 @@ class TrainingImage(Construct):
         role = iam.Role(self, "ExecutionRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="SageMaker execution role of the rlpipe training jobs")
         stack = Stack.of(self)
-        read_prefixes = [CONFIGS_PREFIX, RUNS_PREFIX, CHECKPOINTS_PREFIX]
-        write_prefixes = [RUNS_PREFIX, CHECKPOINTS_PREFIX]
+        # Exactly the keys a job touches, from the bucket layout (rlpipe.cloud.store): nothing of the run's
+        # state, plan or reports, nothing under configs/.
+        access = TRAINING_JOB_ACCESS
         role.add_to_policy(iam.PolicyStatement(
             sid="ReadInputs",  # config and previous channels; checkpoints are copied in at job start
             actions=["s3:GetObject"],
-            resources=[bucket.arn_for_objects(f"{p}*") for p in read_prefixes]))
+            resources=[bucket.arn_for_objects(p) for p in access.read]))
         role.add_to_policy(iam.PolicyStatement(
             sid="WriteOutputs",  # model.tar.gz, TensorBoard output, checkpoint uploads (multipart)
             actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-            resources=[bucket.arn_for_objects(f"{p}*") for p in write_prefixes]))
+            resources=[bucket.arn_for_objects(p) for p in access.write]))
         role.add_to_policy(iam.PolicyStatement(
             sid="RotateCheckpoints",  # the trainer keeps the newest N checkpoints
             actions=["s3:DeleteObject"],
-            resources=[bucket.arn_for_objects(f"{CHECKPOINTS_PREFIX}*")]))
+            resources=[bucket.arn_for_objects(p) for p in access.delete]))
         role.add_to_policy(iam.PolicyStatement(
             sid="ListOwnPrefixes",
             actions=["s3:ListBucket"],
             resources=[bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in read_prefixes]}}))
+            conditions={"StringLike": {"s3:prefix": list(access.list)}}))
         role.add_to_policy(iam.PolicyStatement(
             sid="LocateBucket", actions=["s3:GetBucketLocation"], resources=[bucket.bucket_arn]))
         if bucket.encryption_key is not None:
@@ -152,7 +154,7 @@ class TrainingImage(Construct):
         role.add_to_policy(iam.PolicyStatement(
             sid="TrainingLogStreams",  # streams are named <job name>/algo-<n>-<time>
             actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-            resources=[f"{group_arn}:log-stream:{job_prefix}-*"]))
+            resources=[f"{group_arn}:log-stream:{job_name_pattern(job_prefix)}"]))
         role.add_to_policy(iam.PolicyStatement(
             sid="TrainingMetrics",  # MetricDefinitions and instance metrics
             actions=["cloudwatch:PutMetricData"], resources=["*"],
@@ -168,16 +170,17 @@ class TrainingImage(Construct):
              "SageMaker writes every training job's logs into this one log group; the wildcard covers its "
              "streams, which are created per job at run time."),
             (f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
-             f"{TRAINING_LOG_GROUP}:log-stream:{job_prefix}-*]",
+             f"{TRAINING_LOG_GROUP}:log-stream:{job_name_pattern(job_prefix)}]",
              "Log streams are named after training jobs created at run time; limited to this stack's job "
              "name prefix."),
         ]
         bucket_id = stack.get_logical_id(bucket.node.default_child) if bucket.node.default_child else None
-        for prefix in read_prefixes:
-            access = "read and write" if prefix in write_prefixes else "read"
-            acks.append((f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",
-                         f"Training jobs {access} per-run object keys under {prefix}, named at run time; "
-                         "access stays within that prefix of the pipeline bucket."))
+        for pattern in sorted(set(access.read + access.write + access.delete)):
+            verbs = [v for v, keys in (("read", access.read), ("write", access.write), ("delete", access.delete))
+                     if pattern in keys]
+            acks.append((f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{pattern}]",
+                         f"Training jobs {' and '.join(verbs)} objects {pattern} (run ids, sessions and job names "
+                         "are known only at run time); nothing else of the pipeline bucket."))
         if bucket.encryption_key is not None:
             acks += [("AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
                       "Encrypting objects in the customer-managed-key bucket; scoped to that one key."),

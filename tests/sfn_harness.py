@@ -104,7 +104,8 @@ class SageMakerStandIn:
 
     ``fail`` maps a session name to how many of its first attempts fail (AlgorithmError); ``capacity`` to
     how many fail with SageMaker's CapacityError; ``throttle_creates`` makes that many CreateTrainingJob calls
-    raise ThrottlingException first.
+    raise ThrottlingException first. ``pool_quota`` False keeps no pool at all (the default warm-pool quota, 0);
+    ``reuse_pools`` False lets no job take over an Available pool (as when SageMaker starts it elsewhere).
     """
 
     workdir: Path
@@ -114,6 +115,8 @@ class SageMakerStandIn:
     throttle_creates: int = 0
     in_progress_describes: int = 1  # describes that read InProgress (the job runs at the first one)
     pool_settle_describes: int = 2  # describes after the end that read the pool InUse before Available
+    pool_quota: bool = True
+    reuse_pools: bool = True
     jobs: dict[str, Job] = field(default_factory=dict)
     creates: list[str] = field(default_factory=list)
     trainer_seconds: list[float] = field(default_factory=list)
@@ -132,7 +135,7 @@ class SageMakerStandIn:
                                          f"and a training job with this name already exists ({name})")
         job = Job(name=name, request=request, keep_alive=request["ResourceConfig"].get("KeepAlivePeriodInSeconds", 0))
         for other in self.jobs.values():  # SageMaker's warm-pool match
-            if other.pool == "Available" and other.pool_key() == job.pool_key():
+            if self.reuse_pools and other.pool == "Available" and other.pool_key() == job.pool_key():
                 other.pool, other.reused_by = "Reused", name
                 break
         self.jobs[name] = job
@@ -156,7 +159,9 @@ class SageMakerStandIn:
         keep = request.get("ResourceConfig", {}).get("KeepAlivePeriodInSeconds")
         if keep is not None:
             job.release_requests += 1
-            if keep == 0 and job.pool in ("Available", "InUse"):
+            if job.status == "InProgress" and job.started is None:
+                job.keep_alive = keep  # changed before the job ends: it keeps what it was last told
+            elif keep == 0 and job.pool in ("Available", "InUse"):
                 job.pool = "Terminated"
 
     def stop(self, name: str) -> None:
@@ -211,7 +216,7 @@ class SageMakerStandIn:
             job.status = "Completed"
         job.ended = datetime.now(timezone.utc)
         job.seconds = max(1, round(time.monotonic() - t0))
-        if job.keep_alive > 0 and job.status in ("Completed", "Failed"):
+        if self.pool_quota and job.keep_alive > 0 and job.status in ("Completed", "Failed"):
             job.pool, job.pool_settle = ("InUse", self.pool_settle_describes) if self.pool_settle_describes \
                 else ("Available", 0)
 

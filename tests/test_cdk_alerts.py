@@ -35,11 +35,22 @@ def test_topic_is_encrypted_with_its_own_rotating_key(synth: tuple[Template, Sta
         "KmsMasterKeyId": {"Fn::GetAtt": [_id(stack, alerts.key), "Arn"]}})
 
 
-def test_key_policy_lets_eventbridge_use_the_key(synth: tuple[Template, Stack, Alerts]) -> None:
+@pytest.mark.parametrize("service", ["events.amazonaws.com", "cloudwatch.amazonaws.com"])
+def test_key_policy_lets_services_use_the_key_for_this_account_only(synth: tuple[Template, Stack, Alerts],
+                                                                   service: str) -> None:
+    """EventBridge rules and CloudWatch alarms may publish to the encrypted topic, on behalf of this account
+    only (aws:SourceAccount: no confused deputy)."""
     template, _, _ = synth
     template.has_resource_properties("AWS::KMS::Key", {"KeyPolicy": {"Statement": Match.array_with([
-        Match.object_like({"Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
-                           "Action": ["kms:Decrypt", "kms:GenerateDataKey*"]})])}})
+        Match.object_like({"Effect": "Allow", "Principal": {"Service": service},
+                           "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                           "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}})])}})
+    statements = template.to_json()["Resources"]
+    for res in statements.values():
+        if res["Type"] == "AWS::KMS::Key":
+            for st in res["Properties"]["KeyPolicy"]["Statement"]:
+                if isinstance(st.get("Principal"), dict) and "Service" in st["Principal"]:
+                    assert "Condition" in st, st
 
 
 def test_topic_requires_ssl(synth: tuple[Template, Stack, Alerts]) -> None:

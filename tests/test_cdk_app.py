@@ -159,6 +159,34 @@ def test_outputs(default_synth: Synth) -> None:
 
 
 @needs_orchestration
+def test_request_settings_output_reads_back_as_the_lambdas_settings(default_synth: Synth) -> None:
+    """`rlpipe debug-job` builds its request from this output: the deployed prefix, VPC and KMS key."""
+    import json as _json
+
+    from rlpipe.cloud.requests import StackSettings
+
+    value = default_synth.template["Outputs"]["RequestSettings"]["Value"]
+    parts = value["Fn::Join"][1] if isinstance(value, dict) else [value]
+    text = "".join(p if isinstance(p, str) else "REF" for p in parts)
+    settings = StackSettings.from_document(_json.loads(text))
+    assert (settings.bucket, settings.role_arn) == ("REF", "REF") and settings.image_uri.startswith("REF.dkr.ecr.")
+    assert settings.job_prefix == "rlpipe" and settings.subnet_ids == () and settings.kms_key_arn is None
+
+
+def test_constants_live_in_one_place() -> None:
+    """Stack name, job prefix rules and bucket layout come from rlpipe.cloud (the Lambdas' and CLI's side)."""
+    from rlpipe.cloud import cli, naming, store
+    from stacks import settings, storage
+
+    assert settings.DEFAULT_STACK_NAME is naming.DEFAULT_STACK_NAME is cli.DEFAULT_STACK
+    assert AppSettings().job_prefix == naming.DEFAULT_JOB_PREFIX
+    long_ok = "a" * naming.JOB_PREFIX_MAX
+    assert AppSettings.from_context({"job_prefix": long_ok}.get).job_prefix == long_ok
+    for name in ("CONFIGS_PREFIX", "RUNS_PREFIX", "CHECKPOINTS_PREFIX", "DEFAULT_PIPELINE_KEY"):
+        assert getattr(storage, name) is getattr(store, name), name
+
+
+@needs_orchestration
 def test_state_machine_waits_for_image_and_default_pipeline(default_synth: Synth) -> None:
     assert default_synth.template is not None, default_synth.error
     resources = default_synth.template["Resources"]

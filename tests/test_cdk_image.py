@@ -132,21 +132,51 @@ def test_execution_role_is_assumed_by_sagemaker(synth: Synth) -> None:
     })
 
 
-def _object_arns(synth: Synth, *prefixes: str) -> list[dict[str, Any]]:
-    return [{"Fn::Join": ["", [{"Fn::GetAtt": [synth.bucket_id, "Arn"]}, f"/{p}*"]]} for p in prefixes]
+def _object_arns(synth: Synth, *patterns: str) -> list[dict[str, Any]]:
+    return [{"Fn::Join": ["", [{"Fn::GetAtt": [synth.bucket_id, "Arn"]}, f"/{p}"]]} for p in patterns]
 
 
-def test_execution_role_s3_access_is_limited_to_pipeline_prefixes(synth: Synth) -> None:
+def _patterns(resource: Any) -> list[str]:
+    return [r["Fn::Join"][1][1].lstrip("/") for r in (resource if isinstance(resource, list) else [resource])]
+
+
+def test_execution_role_s3_access_is_limited_to_what_a_job_touches(synth: Synth) -> None:
     statements = {s.get("Sid"): s for s in synth.role_statements()}
     assert statements["ReadInputs"]["Action"] == "s3:GetObject"
-    assert statements["ReadInputs"]["Resource"] == _object_arns(synth, "checkpoints/", "configs/", "runs/")
+    assert sorted(_patterns(statements["ReadInputs"]["Resource"])) == sorted(
+        ["runs/*/sessions/*/config/*", "runs/*/output/*", "checkpoints/*"])
     assert sorted(_actions(statements["WriteOutputs"])) == ["s3:AbortMultipartUpload", "s3:PutObject"]
-    assert statements["WriteOutputs"]["Resource"] == _object_arns(synth, "checkpoints/", "runs/")
-    assert statements["RotateCheckpoints"]["Resource"] == _object_arns(synth, "checkpoints/")[0]
-    assert statements["ListOwnPrefixes"]["Condition"] == {
-        "StringLike": {"s3:prefix": ["configs/*", "runs/*", "checkpoints/*"]}}
+    assert sorted(_patterns(statements["WriteOutputs"]["Resource"])) == sorted(
+        ["runs/*/output/*", "runs/*/tensorboard/*", "checkpoints/*"])
+    assert statements["RotateCheckpoints"]["Resource"] == _object_arns(synth, "checkpoints/*")[0]
+    assert sorted(statements["ListOwnPrefixes"]["Condition"]["StringLike"]["s3:prefix"]) == sorted(
+        ["runs/*/sessions/*/config/*", "runs/*/output/*", "checkpoints/*"])
     for s in synth.role_statements():
         assert not any(a.endswith(":*") or a == "*" for a in _actions(s)), s
+
+    # The keys the request builder really uses fall inside; the run's own documents and configs/ do not.
+    from fnmatch import fnmatchcase
+
+    from rlpipe.cloud.store import RunKeys
+
+    keys = RunKeys("p-20250101-120000-abcdef")
+    job = "rlpipe-1234abcd-001-hold-2"
+    reads, writes = _patterns(statements["ReadInputs"]["Resource"]), _patterns(statements["WriteOutputs"]["Resource"])
+    lists = statements["ListOwnPrefixes"]["Condition"]["StringLike"]["s3:prefix"]
+
+    def allowed(key: str, patterns: list[str]) -> bool:
+        return any(fnmatchcase(key, p) for p in patterns)  # IAM's * also crosses "/"
+
+    for key in (keys.session_file(1, "hold"), f"{keys.output}{job}/output/model.tar.gz", keys.metrics("hold")):
+        assert allowed(key, reads), key
+    for prefix in (keys.config_channel(1, "hold"), keys.checkpoints("hold"), f"{keys.output}{job}/output/model.tar.gz"):
+        assert allowed(prefix, lists), prefix
+    for key in (f"{keys.output}{job}/output/model.tar.gz", keys.tensorboard("hold") + "events.out",
+                keys.checkpoints("hold") + "model_256_steps.zip"):
+        assert allowed(key, writes), key
+    for key in (keys.state, keys.plan, keys.pipeline, keys.attempts, keys.owner, keys.report("html"),
+                "configs/default/pipeline.json", "executions/e.json"):
+        assert not allowed(key, reads) and not allowed(key, writes), key
 
 
 def test_execution_role_pulls_only_the_training_repository(synth: Synth) -> None:
@@ -167,7 +197,7 @@ def test_execution_role_wildcards_only_where_no_resource_scope_exists(synth: Syn
 def test_execution_role_logs_to_the_training_log_group(synth: Synth) -> None:
     statements = {s.get("Sid"): s for s in synth.role_statements()}
     streams = json.dumps(synth.stack.resolve(statements["TrainingLogStreams"]["Resource"]))
-    assert "log-group:/aws/sagemaker/TrainingJobs:log-stream:rlpipe-*" in streams
+    assert "log-group:/aws/sagemaker/TrainingJobs:log-stream:rlpipe-????????-???-*" in streams
     assert sorted(_actions(statements["TrainingLogStreams"])) == ["logs:CreateLogStream", "logs:PutLogEvents"]
 
 

@@ -92,9 +92,11 @@ def test_definition_shape(synth: Synth) -> None:
     assert synth.definition["StartAt"] == "ReadInput"
     assert set(synth.states) == {
         "ReadInput", "StartRun", "NextStep?", "PrepareSession", "CreateTrainingJob", "WaitForJob",
-        "DescribeTrainingJob", "JobEnded?", "RecordSession", "WaitBeforeRetry", "WaitForPool", "CheckPool",
-        "FinishRun", "NotifySuccess", "RunSucceeded", "HandleFailure", "NotifyFailure", "RunFailed",
-        "FailureHandlingFailed"}
+        "DescribeTrainingJob", "JobEnded?", "DoubleWait", "CapWait", "ReleaseUnusedPool", "RecordSession",
+        "WaitBeforeRetry", "WaitForPool", "CheckPool", "FinishRun", "NotifySuccess", "RunSucceeded",
+        "HandleFailure", "RunFailed", "FailureHandlingFailed"}
+    # HandleFailure publishes the alert itself (and records that it did), then the execution fails.
+    assert synth.states["HandleFailure"]["Next"] == "RunFailed"
     # Every Wait takes its seconds from the payload (the Lambdas' pacing), never a constant.
     waits = {n: s for n, s in synth.states.items() if s["Type"] == "Wait"}
     assert waits and all(set(s) & {"Seconds", "Timestamp"} == set() and "SecondsPath" in s for s in waits.values())
@@ -103,7 +105,7 @@ def test_definition_shape(synth: Synth) -> None:
     assert (run_failed["Type"], run_failed["ErrorPath"], run_failed["CausePath"]) == \
         ("Fail", "$.failure.error", "$.failure.cause")
     for name, state in synth.states.items():
-        if state["Type"] == "Task" and name not in ("HandleFailure", "NotifySuccess", "NotifyFailure"):
+        if state["Type"] == "Task" and name not in ("HandleFailure", "NotifySuccess"):
             assert any(c["Next"] == "HandleFailure" and c["ErrorEquals"] == ["States.ALL"]
                        for c in state.get("Catch", [])), name
 
@@ -122,11 +124,21 @@ def test_sagemaker_is_called_through_the_sdk_integration_with_polling(synth: Syn
     assert {"SageMaker.ThrottlingException", "SageMaker.ResourceLimitExceededException"} <= set(retry["ErrorEquals"])
     assert create["Catch"][0] == {"ErrorEquals": ["SageMaker.ResourceInUseException"], "ResultPath": None,
                                   "Next": "WaitForJob"}
-    assert describe["ResultSelector"] == {"TrainingJobStatus.$": "$.TrainingJobStatus"}
+    assert describe["ResultSelector"] == {"TrainingJobStatus.$": "$.TrainingJobStatus",
+                                          "SecondaryStatus.$": "$.SecondaryStatus"}
     assert synth.states["WaitForJob"]["Next"] == "DescribeTrainingJob"
+    assert synth.states["WaitForJob"]["SecondsPath"] == "$.job.poll.seconds"
     ended = synth.states["JobEnded?"]
-    assert ended["Default"] == "WaitForJob"
     assert sorted(c["StringEquals"] for c in ended["Choices"][0]["Or"]) == ["Completed", "Failed", "Stopped"]
+    # Not ended: release an unused pool once past Starting, else pace the next poll.
+    assert [c["Next"] for c in ended["Choices"]] == ["RecordSession", "ReleaseUnusedPool", "WaitForJob", "CapWait"]
+    assert ended["Default"] == "DoubleWait"
+    assert ended["Choices"][2] == {"Variable": "$.job.poll.seconds", "NumericGreaterThanEqualsPath": "$.job.poll.max",
+                                   "Next": "WaitForJob"}
+    assert synth.states["DoubleWait"]["Parameters"]["seconds.$"] == \
+        "States.MathAdd($.job.poll.seconds, $.job.poll.seconds)"
+    assert synth.states["CapWait"]["Parameters"]["seconds.$"] == "$.job.poll.max"
+    assert all(synth.states[n]["Next"] == "WaitForJob" for n in ("DoubleWait", "CapWait", "ReleaseUnusedPool"))
 
 
 def test_definition_serialized_matches(synth: Synth) -> None:
@@ -188,7 +200,7 @@ def test_state_machine_role_is_scoped(synth: Synth) -> None:
 
 def _job_arn(prefix: str) -> dict[str, Any]:
     return {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":sagemaker:", {"Ref": "AWS::Region"}, ":",
-                              {"Ref": "AWS::AccountId"}, f":training-job/{prefix}*"]]}
+                              {"Ref": "AWS::AccountId"}, f":training-job/{prefix}-????????-???-*"]]}
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -205,6 +217,8 @@ def test_each_lambda_holds_only_what_its_step_calls(synth: Synth, name: str) -> 
     expected |= {f"sagemaker:{a}" for a in spec.sagemaker}
     if spec.publishes:
         expected |= {"sns:Publish", "kms:Decrypt", "kms:GenerateDataKey*"}
+    if name == "start_run":  # is the execution that last drove a run still running? (taking over a dead one)
+        expected.add("states:DescribeExecution")
     assert actions == expected
     for s in statements:
         if "s3:GetObject" in _actions(s) or "s3:PutObject" in _actions(s):
@@ -216,6 +230,9 @@ def test_each_lambda_holds_only_what_its_step_calls(synth: Synth, name: str) -> 
                                                                       "checkpoints/*"}
         if any(a.startswith("sagemaker:") for a in _actions(s)):
             assert _resources(s) == [_job_arn("rlpipe")]
+        if "states:DescribeExecution" in _actions(s):
+            (arn,) = _resources(s)
+            assert arn["Fn::Join"][1][-2:] == [{"Fn::GetAtt": [synth.ids["state_machine"], "Name"]}, ":*"]
 
 
 def test_kms_bucket_grants_the_bucket_key(synth_vpc: Synth) -> None:
@@ -252,8 +269,27 @@ def test_cleanup_rule_targets_abnormal_ends_of_this_machine(synth: Synth) -> Non
             "detail": {"status": ["FAILED", "TIMED_OUT", "ABORTED"],
                        "stateMachineArn": [{"Ref": synth.ids["state_machine"]}]}},
         "Targets": [Match.object_like({"Arn": {"Fn::GetAtt": [synth.ids["functions"]["cleanup"], "Arn"]},
-                                       "RetryPolicy": Match.any_value()})],
+                                       "RetryPolicy": Match.any_value(),
+                                       "DeadLetterConfig": {"Arn": {"Fn::GetAtt": [Match.any_value(), "Arn"]}}})],
     })
+
+
+def test_undelivered_cleanup_events_land_in_an_encrypted_queue_and_alert(synth: Synth) -> None:
+    orchestration = synth.orchestration
+    queue_id = synth.stack.get_logical_id(orchestration.cleanup_dlq.node.default_child)
+    rule = next(iter(synth.template.find_resources("AWS::Events::Rule").values()))
+    assert rule["Properties"]["Targets"][0]["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}}
+    synth.template.has_resource_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True})
+    synth.template.has_resource_properties("AWS::SQS::QueuePolicy", {"PolicyDocument": {"Statement": Match.array_with([
+        Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}}),
+        Match.object_like({"Effect": "Allow", "Action": "sqs:SendMessage",
+                           "Principal": {"Service": "events.amazonaws.com"}}),
+    ])}})
+    synth.template.has_resource_properties("AWS::CloudWatch::Alarm", {
+        "MetricName": "ApproximateNumberOfMessagesVisible", "Namespace": "AWS/SQS",
+        "Dimensions": [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}],
+        "Threshold": 1, "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "AlarmActions": [{"Ref": Match.string_like_regexp("^Topic")}]})
 
 
 # ---- checks on every synth ------------------------------------------------------------------------------------

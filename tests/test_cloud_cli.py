@@ -24,6 +24,11 @@ REGION = "us-east-1"
 BUCKET = "rlpipe-stack-bucket"
 ROLE = "arn:aws:iam::123456789012:role/rlpipe-training"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/rlpipe:abc"
+KMS = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+# As the stack writes its RequestSettings output (StackSettings.document()).
+REQUEST_SETTINGS = {"bucket": BUCKET, "role_arn": ROLE, "image_uri": IMAGE, "job_prefix": "rl-dev",
+                    "subnet_ids": ["subnet-0123456789abcdef0"], "security_group_ids": ["sg-0123456789abcdef0"],
+                    "kms_key_arn": KMS}
 
 
 @pytest.fixture
@@ -47,7 +52,8 @@ def aws(tmp_path: Path, tiny_raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
         machine = sfn.create_state_machine(name="runs", definition=json.dumps(
             {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": True}}}),
             roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
-        outputs = {"StateMachineArn": machine, "BucketName": BUCKET, "ImageUri": IMAGE, "TrainingRoleArn": ROLE}
+        outputs = {"StateMachineArn": machine, "BucketName": BUCKET, "ImageUri": IMAGE, "TrainingRoleArn": ROLE,
+                   "RequestSettings": json.dumps(REQUEST_SETTINGS)}
         template = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
                     "Outputs": {k: {"Value": v} for k, v in outputs.items()}}
         boto3.client("cloudformation", region_name=REGION).create_stack(
@@ -152,6 +158,10 @@ def test_debug_job_runs_one_session_with_the_same_request_builder(app: typer.Typ
     job = sm.describe_training_job(TrainingJobName=summary["TrainingJobName"])
     assert is_valid_job_name(job["TrainingJobName"]) and job["TrainingJobName"] in result.output
     assert job["RoleArn"] == ROLE and job["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+    # VPC, KMS key and job prefix are the deployed stack's (its RequestSettings output), not CLI defaults.
+    assert job["TrainingJobName"].startswith("rl-dev-")
+    assert job["VpcConfig"] == {"SecurityGroupIds": ["sg-0123456789abcdef0"], "Subnets": ["subnet-0123456789abcdef0"]}
+    assert job["ResourceConfig"]["VolumeKmsKeyId"] == KMS and job["OutputDataConfig"]["KmsKeyId"] == KMS
     assert [c["ChannelName"] for c in job["InputDataConfig"]] == ["config"]  # standalone: no warm start
     assert "KeepAlivePeriodInSeconds" not in job["ResourceConfig"]
     uri = job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]

@@ -145,7 +145,7 @@ def test_botocore_model_knows_every_create_field(sagemaker_model: Any) -> None:
 
 @pytest.mark.parametrize("prefix", ["rlpipe", "rl", "a" * naming.JOB_PREFIX_MAX])
 @pytest.mark.parametrize("session", ["s", "height-maximize", "x" * 24, "a--b"])
-@pytest.mark.parametrize("index,attempt", [(0, 1), (7, 12), (999, 3), (12345, 999)])
+@pytest.mark.parametrize("index,attempt", [(0, 1), (7, 12), (999, 3), (998, 999)])
 def test_job_names_are_valid_unique_and_prefixed(prefix: str, session: str, index: int, attempt: int) -> None:
     run_id = naming.new_run_id("robot-curriculum" * 3, "2025-01-01T12:00:00.123Z", "execution-name")
     name = naming.job_name(prefix, run_id, index, session, attempt)
@@ -170,3 +170,18 @@ def test_bad_prefixes_are_refused() -> None:
             naming.check_job_prefix(prefix)
     with pytest.raises(ValueError, match="both subnet"):
         StackSettings(bucket="b", role_arn="r", image_uri="i", subnet_ids=("subnet-1",))
+
+
+def test_job_arn_pattern_covers_own_jobs_only() -> None:
+    """IAM scopes every SageMaker action (and log stream) to this pattern; another stack's prefix that
+    merely starts with ours (rlpipe-dev next to rlpipe) must not match."""
+    from fnmatch import fnmatchcase
+
+    mine = naming.job_name_pattern("rlpipe")
+    assert mine == "rlpipe-????????-???-*"
+    for index, session, attempt in ((0, "stand", 1), (999, "a" * 60, 12), (7, "x", 3)):
+        assert fnmatchcase(naming.job_name("rlpipe", "run-20250101-000000-abcdef", index, session, attempt), mine)
+    other = naming.job_name("rlpipe-dev", "run-20250101-000000-abcdef", 0, "stand", 1)
+    assert not fnmatchcase(other, mine) and fnmatchcase(other, naming.job_name_pattern("rlpipe-dev"))
+    with pytest.raises(naming.NamingError):
+        naming.job_name("rlpipe", "r", 1000, "s", 1)  # the pattern holds three index digits

@@ -31,6 +31,7 @@ class ScriptedSageMaker:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.updates: list[dict[str, Any]] = []
         self.stops: list[str] = []
+        self.calls: list[tuple[str, str]] = []  # (update|stop, job), in order
 
     def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:  # noqa: N803 (boto3's names)
         if TrainingJobName not in self.jobs:
@@ -40,12 +41,17 @@ class ScriptedSageMaker:
 
     def update_training_job(self, **request: Any) -> dict[str, Any]:
         self.updates.append(request)
+        self.calls.append(("update", request["TrainingJobName"]))
         job = self.jobs[request["TrainingJobName"]]
-        job.setdefault("WarmPoolStatus", {})["Status"] = "Terminated"
+        if job["TrainingJobStatus"] == "InProgress":  # keep-alive changed before the job ends: no pool later
+            job["ResourceConfig"]["KeepAlivePeriodInSeconds"] = request["ResourceConfig"]["KeepAlivePeriodInSeconds"]
+        else:
+            job.setdefault("WarmPoolStatus", {})["Status"] = "Terminated"
         return {}
 
     def stop_training_job(self, TrainingJobName: str) -> dict[str, Any]:  # noqa: N803
         self.stops.append(TrainingJobName)
+        self.calls.append(("stop", TrainingJobName))
         self.jobs[TrainingJobName]["TrainingJobStatus"] = "Stopping"
         return {}
 
@@ -151,9 +157,22 @@ def test_too_long_a_pipeline_is_refused_before_anything_runs(aws: dict[str, Any]
         start(ctx, {"pipeline": raw})
 
 
+def _real_execution(name: str) -> str:
+    """A RUNNING execution in moto (which does not run the definition unless asked to)."""
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    machines = sfn.list_state_machines()["stateMachines"]
+    arn = machines[0]["stateMachineArn"] if machines else sfn.create_state_machine(
+        name="runs", definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 9,
+                                                                             "End": True}}}),
+        roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+    return sfn.start_execution(stateMachineArn=arn, name=name)["executionArn"]
+
+
 def test_resume_refuses_a_run_another_execution_drives(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
     ctx = aws["ctx"]
-    run_id = start(ctx, {"pipeline": tiny_raw}, "first")["run"]["run_id"]
+    arn = _real_execution("first")
+    run_id = steps.start_run({"input": {"pipeline": tiny_raw}, "execution": "first", "execution_arn": arn,
+                              "started_at": "2025-01-01T12:00:00.000Z"}, ctx)["run"]["run_id"]
     with pytest.raises(steps.RunConflict, match="still running under execution 'first'"):
         start(ctx, {"resume_run_id": run_id}, "second")
     store = ctx.run_store(run_id)
@@ -162,6 +181,23 @@ def test_resume_refuses_a_run_another_execution_drives(aws: dict[str, Any], tiny
     store.save_state(state)
     out = start(ctx, {"resume_run_id": run_id}, "second")
     assert out["run"]["run_id"] == run_id and store.load_state().status == "running"
+
+
+def test_resume_takes_over_a_run_whose_execution_died(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    """The state says running but its execution ended without cleanup: a resume stops its job and goes on."""
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    arn = _real_execution("dead")
+    run_id = steps.start_run({"input": {"pipeline": tiny_raw}, "execution": "dead", "execution_arn": arn,
+                              "started_at": "2025-01-01T12:00:00.000Z"}, ctx)["run"]["run_id"]
+    job = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "dead"}, ctx)["job_name"]
+    sm.jobs[job] = {"TrainingJobStatus": "InProgress", "ResourceConfig": {"KeepAlivePeriodInSeconds": 600}}
+    boto3.client("stepfunctions", region_name="us-east-1").stop_execution(executionArn=arn)
+    out = start(ctx, {"resume_run_id": run_id}, "second")
+    assert out["run"]["run_id"] == run_id and out["cursor"]["index"] == 0
+    assert sm.calls == [("update", job), ("stop", job)]
+    store = ctx.run_store(run_id)
+    assert store.get_json(store.keys.owner)["execution"] == "second"
+    assert store.load_state().sessions[0].status == "interrupted"
 
 
 # ---- one session ------------------------------------------------------------------------------------------------
@@ -324,13 +360,28 @@ def test_cleanup_of_an_execution_that_never_started_a_run(aws: dict[str, Any]) -
 
 # ---- pacing ---------------------------------------------------------------------------------------------------
 
-def test_timing_from_env_and_poll_bounds() -> None:
+def test_timing_from_env_and_growing_poll_interval() -> None:
     t = steps.Timing.from_env({"RLPIPE_MIN_POLL_SECONDS": "5", "RLPIPE_POOL_MAX_POLLS": "7"})
     assert (t.min_poll_seconds, t.pool_max_polls, t.max_poll_seconds) == (5, 7, steps.Timing.max_poll_seconds)
-    real = steps.Timing()
-    assert real.poll_seconds(10) == real.min_poll_seconds
-    assert real.poll_seconds(10 ** 7) == real.max_poll_seconds
-    assert real.poll_seconds(3000, sessions=1) < real.poll_seconds(3000, sessions=200)  # fewer polls each
+    real = steps.Timing()  # 60 s doubling to 900 s: 60, 120, 240, 480, 900, 900, ...
+    assert real.poll() == {"seconds": 60, "max": 900, "double_up_to": 450}
+    waits = [real.first_wait]
+    for _ in range(5):
+        waits.append(real.next_wait(waits[-1]))
+    assert waits == [60, 120, 240, 480, 900, 900]
+    assert real.polls_for(60) == (1, 1) and real.polls_for(1800) == (5, 4)
+    # A job ten times longer than planned costs ten times fewer extra rounds than at a fixed first interval.
+    assert real.polls_for(36_000)[0] == 4 + (36_000 - 900 + 899) // 900
+    assert steps.Timing(min_poll_seconds=0, max_poll_seconds=0).poll() == {"seconds": 0, "max": 0, "double_up_to": 0}
+
+
+def test_prepare_hands_the_loop_its_pacing(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    ctx.timing = steps.Timing(min_poll_seconds=30, max_poll_seconds=600)
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    out = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "exec-1"}, ctx)
+    assert out["poll"] == {"seconds": 30, "max": 600, "double_up_to": 300}
+    assert out["previous_pool"] == {"pending": False, "job_name": ""}
 
 
 def test_history_estimate_grows_with_sessions(tiny_raw: dict[str, Any]) -> None:
@@ -357,3 +408,187 @@ def test_cleanup_keeps_a_succeeded_run_succeeded(aws: dict[str, Any], tiny_raw: 
     assert ctx.run_store(run_id).load_state().status == "succeeded"
     (sent,) = messages(aws)
     assert "SUCCEEDED" in sent["Subject"] and "ended as FAILED" in sent["Message"]
+
+
+# ---- review fixes: stop without a leaked pool, alerts, pools, ownership, attempts ---------------------------
+
+def test_closing_a_run_drops_the_keep_alive_before_stopping(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    """A job stopped with a keep-alive would leave a pool after it finishes stopping, too late to release."""
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    job = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
+    sm.jobs[job] = {"TrainingJobStatus": "InProgress", "ResourceConfig": {"KeepAlivePeriodInSeconds": 1800}}
+    event = {"detail": {"name": "exec-1", "status": "ABORTED", "executionArn": "arn:x:exec-1"}}
+    steps.cleanup_execution(event, ctx)
+    assert sm.calls == [("update", job), ("stop", job)]
+    assert sm.updates[0] == {"TrainingJobName": job, "ResourceConfig": {"KeepAlivePeriodInSeconds": 0}}
+    assert sm.jobs[job]["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 0
+
+
+def test_close_job_stops_even_if_the_keep_alive_update_is_refused(aws: dict[str, Any]) -> None:
+    sm = aws["sagemaker"]
+    sm.jobs["rlpipe-x"] = {"TrainingJobStatus": "InProgress", "ResourceConfig": {"KeepAlivePeriodInSeconds": 60}}
+
+    def refuse(**request: Any) -> None:
+        raise RuntimeError("An error occurred (ValidationException): not allowed for an InProgress job")
+
+    sm.update_training_job = refuse  # type: ignore[method-assign]
+    from rlpipe.cloud import jobs
+
+    assert jobs.close_job(sm, "rlpipe-x") is True and sm.stops == ["rlpipe-x"]
+
+
+LONGEST_EXECUTION = "e" * 80  # Step Functions' maximum execution name length
+
+
+def test_alert_subjects_fit_sns_and_keep_execution_names_in_the_body(aws: dict[str, Any],
+                                                                     tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    out = steps.fail_run({"state": {"error": {"Error": "InvalidInput", "Cause": "bad"}},
+                          "execution": LONGEST_EXECUTION, "execution_arn": "arn:x"}, ctx)
+    assert len(out["subject"]) < 100 and LONGEST_EXECUTION not in out["subject"]
+    assert LONGEST_EXECUTION in out["message"]
+    event = {"detail": {"name": LONGEST_EXECUTION + "x", "status": "TIMED_OUT", "executionArn": "arn:x"}}
+    steps.cleanup_execution(event, ctx)
+    long_name = dict(tiny_raw, name="p" * 40)  # the longest pipeline name
+    run_id = start(ctx, {"pipeline": long_name}, "long")["run"]["run_id"]
+    report = steps.write_report(ctx, ctx.run_store(run_id), ctx.run_store(run_id).load_state())
+    subject, _ = steps.summary_message(report, {"report": "s3://x/y"})
+    assert len(subject) <= steps.SUBJECT_MAX
+    sent = messages(aws)  # moto's SNS accepted each subject
+    assert len(sent) == 2 and all(len(m["Subject"]) < 100 and "eeee" not in m["Subject"] for m in sent)
+    assert steps.sns_subject("a\nb\tc é " + "x" * 200) == ("a b c ? " + "x" * 200)[:99]
+
+
+class FailingSNS:
+    def publish(self, **kwargs: Any) -> None:
+        raise RuntimeError("An error occurred (KMSAccessDenied) when calling the Publish operation")
+
+
+def test_a_failed_alert_is_sent_by_the_cleanup(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    payload = {"run": {"run_id": run_id}, "error": {"Error": "KeyError", "Cause": "boom"}}
+    good_sns, ctx.sns = ctx.sns, FailingSNS()
+    out = steps.fail_run({"state": payload, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
+    assert out["cause"] == "boom"  # the Fail state still gets the real cause
+    assert ctx.store.get_json(execution_key("exec-1"))["notified"] is False
+    ctx.sns = good_sns
+    event = {"detail": {"name": "exec-1", "status": "FAILED", "executionArn": "arn:x:exec-1"}}
+    assert steps.cleanup_execution(event, ctx)["action"] == "cleaned"
+    (sent,) = messages(aws)
+    assert "FAILED" in sent["Subject"]
+    assert steps.cleanup_execution(event, ctx)["action"] == "none"
+
+
+def test_fail_run_alerts_once_and_the_cleanup_then_stays_quiet(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx = aws["ctx"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    payload = {"run": {"run_id": run_id}, "error": {"Error": "KeyError", "Cause": "boom"}}
+    steps.fail_run({"state": payload, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
+    steps.fail_run({"state": payload, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)  # a retry
+    assert ctx.store.get_json(execution_key("exec-1"))["notified"] is True
+    event = {"detail": {"name": "exec-1", "status": "FAILED", "executionArn": "arn:x:exec-1"}}
+    assert steps.cleanup_execution(event, ctx)["action"] == "none"
+    assert len(messages(aws)) == 1
+
+
+def test_check_pool_stops_waiting_when_no_pool_was_kept(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    """Warm-pool quota 0: SageMaker keeps no pool and reports no WarmPoolStatus at all."""
+    ctx = aws["ctx"]
+    ctx.timing = steps.Timing(pool_max_polls=40)
+    run_id, job = _through_first_session(aws, tiny_raw, pool=None)
+    cur = steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": job}, ctx)
+    assert cur["wait_for_pool"] is True
+    polls = 0
+    while cur["wait_for_pool"]:
+        cur = steps.check_pool({"run_id": run_id, "job_name": job, "cursor": cur}, ctx)
+        polls += 1
+    assert polls == steps.NO_POOL_CHECKS  # not 40
+    state = ctx.run_store(run_id).load_state()
+    assert state.sessions[0].warm_pool_status == steps.NO_POOL_STATUS
+    request = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)
+    assert request["previous_pool"]["pending"] is False
+
+
+def test_an_unused_pool_is_released_while_the_next_job_runs(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id, first = _through_first_session(aws, tiny_raw, pool="Available")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    job = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)
+    assert job["previous_pool"] == {"pending": True, "job_name": first}
+    out = steps.release_unused_pool({"run_id": run_id, "job_name": first}, ctx)
+    assert out == {"pending": False, "job_name": first}
+    assert sm.updates == [{"TrainingJobName": first, "ResourceConfig": {"KeepAlivePeriodInSeconds": 0}}]
+    assert ctx.run_store(run_id).load_state().sessions[0].warm_pool_status == "Terminated"
+    sm.jobs[first]["WarmPoolStatus"] = {"Status": "InUse"}  # not settled yet: look again next round
+    assert steps.release_unused_pool({"run_id": run_id, "job_name": first}, ctx)["pending"] is True
+
+
+def test_cleanup_of_a_taken_over_run_touches_only_its_own_jobs(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id, first = _through_first_session(aws, tiny_raw, pool="Available")  # created by exec-1
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    state.finish("failed", "x")
+    store.save_state(state)
+    start(ctx, {"resume_run_id": run_id}, "exec-2")  # the run now belongs to exec-2
+    second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-2"}, ctx)["job_name"]
+    sm.jobs[second] = {"TrainingJobStatus": "InProgress", "ResourceConfig": {}}
+    # exec-1's late ABORTED event: its pool is released; exec-2's job, the state and the report are untouched.
+    out = steps.cleanup_execution({"detail": {"name": "exec-1", "status": "ABORTED", "executionArn": "arn"}}, ctx)
+    assert out["action"] == "released" and out["released"] == [first]
+    assert sm.stops == [] and [u["TrainingJobName"] for u in sm.updates] == [first]
+    state = store.load_state()
+    assert state.status == "running" and state.sessions[1].status == "running"
+    assert not store.exists(store.keys.report("json")) and not messages(aws)
+
+
+def test_attempts_add_up_and_wall_time_is_the_last_attempts(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    first = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "e"}, ctx)["job_name"]
+    t0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+    sm.jobs[first] = {"TrainingJobStatus": "Failed", "FailureReason": "CapacityError: none left",
+                      "TrainingStartTime": t0, "TrainingEndTime": t0.replace(minute=2),
+                      "TrainingTimeInSeconds": 120, "BillableTimeInSeconds": 100}
+    assert steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)["outcome"] == "retry"
+    assert ctx.run_store(run_id).load_state().sessions[0].wall_seconds == 120
+    second = steps.prepare_session({"run_id": run_id, "index": 0, "try": 1, "execution": "e"}, ctx)["job_name"]
+    assert ctx.run_store(run_id).load_state().sessions[0].wall_seconds is None  # reset for the new attempt
+    sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 1, "job_name": second}, ctx)
+    st = ctx.run_store(run_id).load_state().sessions[0]
+    assert (st.billable_seconds, st.training_seconds, st.wall_seconds) == (700, 720, 600)
+    one = steps.jobs.session_cost(st.model_copy(update={"billable_seconds": 600.0}), "ml.c5.xlarge", 1)
+    assert st.cost_usd is not None and one is not None and st.cost_usd > one
+
+
+def test_a_job_sagemaker_stopped_says_why(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    job = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "e"}, ctx)["job_name"]
+    sm.jobs[job] = {"TrainingJobStatus": "Stopped", "SecondaryStatus": "MaxRuntimeExceeded",
+                    "SecondaryStatusTransitions": [
+                        {"Status": "Training", "StatusMessage": "Training image download completed."},
+                        {"Status": "MaxRuntimeExceeded", "StatusMessage": "Job stopped: MaxRuntimeInSeconds reached"}]}
+    out = steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": job}, ctx)
+    assert out["error"]["Error"] == "TrainingJobStopped"
+    assert "MaxRuntimeExceeded" in out["error"]["Cause"] and "MaxRuntimeInSeconds reached" in out["error"]["Cause"]
+
+
+def test_transition_leaves_out_the_transfer_evaluation(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    run_id, first = _through_first_session(aws, tiny_raw, pool="Reused")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    out = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)
+    doc = ctx.store.get_json(RunKeys(run_id).session_file(1, "hold"))
+    assert doc["global_timestep_offset"] == tiny_raw["sessions"][0]["timesteps"]
+    sm.completed(out["job_name"], f"s3://{BUCKET}/runs/{run_id}/output/")
+    metrics = {"timesteps": 256, "timing": {"first_step_at": "2025-01-01T12:10:50+00:00", "wall_seconds": 60.0,
+                                            "ended_at": "2025-01-01T12:11:50+00:00", "transfer_eval_seconds": 20.0}}
+    aws["s3"].put_object(Bucket=BUCKET, Key=RunKeys(run_id).metrics("hold"), Body=json.dumps(metrics))
+    steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": out["job_name"]}, ctx)
+    # session 1 ended 12:09:50; 60 s to the first step, 20 of them the warm-started policy's evaluation
+    assert ctx.run_store(run_id).load_state().sessions[1].transition_seconds == 40.0

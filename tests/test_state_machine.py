@@ -224,3 +224,59 @@ def test_throttling_and_capacity_errors_are_retried(synthesized, tmp_path: Path)
         names = [n for n in h.sagemaker.creates if "-000-stand-" in n]
         assert [n.rsplit("-", 1)[-1] for n in names] == ["1", "2"]  # attempt 2 is a new job
         assert state_of(h, run_id_of(ex)).sessions[0].attempts == 2
+
+
+# ---- pacing and pools ----------------------------------------------------------------------------------------
+
+def test_the_poll_wait_doubles_up_to_its_cap(synthesized, tmp_path: Path) -> None:
+    """1 s, then doubled to 2 s, then capped at 3 s: the Choice/Pass states apply Timing.next_wait's rule."""
+    from rlpipe.cloud.pacing import Timing
+
+    h = new_harness(synthesized, tmp_path, mode="instant")
+    h.sagemaker.in_progress_describes = 2
+    one = copy.deepcopy(TINY)
+    one["sessions"] = one["sessions"][:1]
+    with h.running():
+        h._env["prepare_session"].update({"RLPIPE_MIN_POLL_SECONDS": "1", "RLPIPE_MAX_POLL_SECONDS": "3"})
+        ex = h.execute({"pipeline": one}, "paced")
+        assert ex.status == "SUCCEEDED", ex.failure()
+    waits = [json.loads(e["stateEnteredEventDetails"]["input"])["job"]["poll"]["seconds"] for e in ex.events
+             if e.get("stateEnteredEventDetails", {}).get("name") == "WaitForJob"]
+    timing = Timing(min_poll_seconds=1, max_poll_seconds=3)
+    expected = [timing.first_wait]
+    while len(expected) < len(waits):
+        expected.append(timing.next_wait(expected[-1]))
+    assert waits == expected == [1, 2, 3]
+    assert ex.states_entered().count("DoubleWait") == 1 and ex.states_entered().count("CapWait") == 1
+
+
+def test_no_warm_pool_quota_costs_a_few_checks_not_the_whole_wait(synthesized, tmp_path: Path) -> None:
+    from rlpipe.cloud.steps import NO_POOL_CHECKS, NO_POOL_STATUS
+
+    h = new_harness(synthesized, tmp_path, mode="instant")
+    h.sagemaker.pool_quota = False
+    with h.running():
+        ex = h.execute({"pipeline": TINY}, "no-quota")
+        assert ex.status == "SUCCEEDED", ex.failure()
+        assert ex.states_entered().count("CheckPool") == NO_POOL_CHECKS < FAST_TIMING.pool_max_polls
+        state = state_of(h, run_id_of(ex))
+        assert state.sessions[0].warm_pool_status == NO_POOL_STATUS
+        report = h.get_json(RunKeys(state.run_id).report("json"))
+        assert report["sessions"][0]["warm_pool_status"] == NO_POOL_STATUS
+
+
+def test_an_unused_pool_is_released_while_the_next_job_runs(synthesized, tmp_path: Path) -> None:
+    h = new_harness(synthesized, tmp_path, mode="instant")
+    h.sagemaker.reuse_pools = False
+    h.sagemaker.in_progress_describes = 2
+    with h.running():
+        ex = h.execute({"pipeline": TINY}, "unused-pool")
+        assert ex.status == "SUCCEEDED", ex.failure()
+        first, second = jobs_for(h, run_id_of(ex))
+        assert first.pool == "Terminated" and first.release_requests == 1 and second.reused_by is None
+        entered = ex.states_entered()
+        # Released during session 2's polling, before its job ended, and only once.
+        assert entered.count("ReleaseUnusedPool") == 1
+        assert entered.index("ReleaseUnusedPool") < len(entered) - 1 - entered[::-1].index("RecordSession")
+        state = state_of(h, run_id_of(ex))
+        assert state.sessions[0].warm_pool_status == "Terminated" and state.sessions[1].reused_previous_pool is False

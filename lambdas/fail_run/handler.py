@@ -1,4 +1,4 @@
-"""Lambda: The state machine's failure path: stop the job, release pools, partial report, alert text.
+"""Lambda: the state machine's failure path: stop the job, release pools, partial report, alert.
 
 Thin on purpose: the logic is ``rlpipe.cloud.steps.fail_run``, tested without AWS.
 """

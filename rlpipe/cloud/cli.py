@@ -1,7 +1,8 @@
 """AWS commands of the ``rlpipe`` CLI: start, status, stop, fetch-report, debug-job.
 
-They find the state machine, bucket, image and role in the deployed stack's CloudFormation outputs, so the
-only thing to know is the stack name (``--stack``, ``$RLPIPE_STACK``, default ``RlpipeStack``).
+They find the state machine, the bucket and the training-job settings (role, image, job prefix, VPC, KMS
+key) in the deployed stack's CloudFormation outputs, so the only thing to know is the stack name
+(``--stack``, ``$RLPIPE_STACK``, default ``RlpipeStack``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlpipe.cloud import naming
+from rlpipe.cloud.naming import DEFAULT_STACK_NAME
 from rlpipe.cloud.requests import StackSettings, create_training_job_request
 from rlpipe.cloud.store import CONFIGS_PREFIX, REPORT_FILES, RunKeys, S3Store, execution_key, is_missing
 from rlpipe.config import ConfigError, PipelineConfig, load_pipeline
@@ -28,7 +30,7 @@ from rlpipe.contract import session_document
 from rlpipe.plan import build_plan
 from rlpipe.state import RunState
 
-DEFAULT_STACK = "RlpipeStack"
+DEFAULT_STACK = DEFAULT_STACK_NAME
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
@@ -53,10 +55,11 @@ class Stack:
     bucket: str
     image_uri: str | None = None
     training_role_arn: str | None = None
+    request_settings: StackSettings | None = None
 
     @classmethod
     def find(cls, name: str, region: str | None = None) -> Stack:
-        """Read the stack's outputs (StateMachineArn, BucketName, ImageUri, TrainingRoleArn)."""
+        """Read the stack's outputs (StateMachineArn, BucketName, ImageUri, TrainingRoleArn, RequestSettings)."""
         session = boto3.session.Session(region_name=region)
         cfn = session.client("cloudformation")
         try:
@@ -68,9 +71,15 @@ class Stack:
         missing = [k for k in ("StateMachineArn", "BucketName") if k not in outputs]
         if missing:
             raise CloudError(f"stack '{name}' has no output {', '.join(missing)}: is it an rlpipe stack?")
+        settings = None
+        if outputs.get("RequestSettings"):
+            try:
+                settings = StackSettings.from_document(outputs["RequestSettings"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CloudError(f"stack '{name}': unreadable RequestSettings output: {exc}") from None
         return cls(name=name, region=session.region_name, state_machine_arn=outputs["StateMachineArn"],
                    bucket=outputs["BucketName"], image_uri=outputs.get("ImageUri"),
-                   training_role_arn=outputs.get("TrainingRoleArn"))
+                   training_role_arn=outputs.get("TrainingRoleArn"), request_settings=settings)
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=self.region)
@@ -161,13 +170,14 @@ def status_table(state: RunState) -> Table:
 def stop_run(stack: Stack, run: str) -> str:
     """Stop the execution driving ``run``; the cleanup Lambda then stops its job and releases pools."""
     run_id = resolve_run(stack, run)
-    owner = stack.store.get_json_or_none(RunKeys(run_id).root + "execution.json") or {}
+    owner = stack.store.get_json_or_none(RunKeys(run_id).owner) or {}
     arn = owner.get("execution_arn")
     if not arn:
         raise CloudError(f"run '{run_id}' records no execution")
     sfn = stack.client("stepfunctions")
     if sfn.describe_execution(executionArn=arn)["status"] != "RUNNING":
-        raise CloudError(f"execution {arn} is not running")
+        raise CloudError(f"execution {arn} is not running; its cleanup has run (or, if the run still shows "
+                         f"'running', a resume takes it over: the start step stops what it left)")
     sfn.stop_execution(executionArn=arn, error="rlpipe.Stopped", cause="stopped with `rlpipe stop`")
     return arn
 
@@ -194,20 +204,20 @@ def fetch_report(stack: Stack, run: str, output: Path | None = None) -> list[Pat
     return written
 
 
-def debug_job(stack: Stack, config: Path, session: str, *, instance_type: str | None = None,
-              subnets: tuple[str, ...] = (), security_groups: tuple[str, ...] = (),
-              kms_key_arn: str | None = None, job_prefix: str = "rlpipe") -> dict[str, Any]:
+def debug_job(stack: Stack, config: Path, session: str, *, instance_type: str | None = None) -> dict[str, Any]:
     """Run one session alone as a training job, built by the same request builder as the state machine.
 
-    No warm start (a standalone job has no previous bundle) and no warm pool. The job writes under
+    Role, image, job prefix, VPC and KMS key come from the stack's ``RequestSettings`` output, as the Lambdas
+    get them. No warm start (a standalone job has no previous bundle) and no warm pool. The job writes under
     ``runs/debug-.../`` like a run's first session.
     """
     pipeline = _load(config)
     names = [s.name for s in pipeline.sessions]
     if session not in names:
         raise CloudError(f"no session '{session}' in {config}; sessions: {', '.join(names)}")
-    if not (stack.image_uri and stack.training_role_arn):
-        raise CloudError(f"stack '{stack.name}' has no ImageUri / TrainingRoleArn outputs")
+    settings = stack.request_settings
+    if settings is None:
+        raise CloudError(f"stack '{stack.name}' has no RequestSettings output; redeploy it with this rlpipe version")
     index = names.index(session)
     cfg = pipeline.sessions[index].model_copy(update={"use_previous_checkpoint": False})
     if instance_type:
@@ -215,10 +225,7 @@ def debug_job(stack: Stack, config: Path, session: str, *, instance_type: str | 
     planned = build_plan(pipeline).sessions[index]
     planned.keep_alive_seconds, planned.handoff_from = 0, None
     run_id = naming.new_run_id(f"debug-{pipeline.name}", datetime.now(timezone.utc), os.urandom(4).hex())
-    settings = StackSettings(bucket=stack.bucket, role_arn=stack.training_role_arn, image_uri=stack.image_uri,
-                             job_prefix=job_prefix, subnet_ids=subnets, security_group_ids=security_groups,
-                             kms_key_arn=kms_key_arn)
-    job = naming.job_name(job_prefix, run_id, 0, cfg.name, 1)
+    job = naming.job_name(settings.job_prefix, run_id, 0, cfg.name, 1)
     keys = RunKeys(run_id)
     stack.store.put_json(keys.session_file(0, cfg.name),
                          session_document(pipeline.name, run_id, 0, cfg.model_dump(mode="json"), None, 0))
@@ -307,13 +314,11 @@ def register(app: typer.Typer) -> None:
                       session: Annotated[str, typer.Option(help="the session to run alone")],
                       stack: StackOpt = DEFAULT_STACK, region: RegionOpt = None,
                       instance_type: Annotated[Optional[str], typer.Option(help="override compute")] = None,
-                      job_prefix: Annotated[str, typer.Option(envvar="RLPIPE_JOB_PREFIX",
-                                                              help="the stack's job_prefix")] = "rlpipe",
                       wait: Annotated[bool, typer.Option(help="poll until the job ends")] = False) -> None:
         """Run one session as a standalone SageMaker training job (same request as the state machine's)."""
         try:
             s = Stack.find(stack, region)
-            job = debug_job(s, config, session, instance_type=instance_type, job_prefix=job_prefix)
+            job = debug_job(s, config, session, instance_type=instance_type)
         except CloudError as exc:
             raise _fail(exc) from None
         console.print(f"created training job [bold]{job['job_name']}[/]")

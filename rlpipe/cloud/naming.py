@@ -1,9 +1,10 @@
 """Names on AWS: run ids and training job names.
 
 A training job name is unique per account and region for good (SageMaker never frees one), at most 63
-characters of ``[a-zA-Z0-9](-*[a-zA-Z0-9])*``, and starts with the stack's job prefix so that IAM can
-scope every SageMaker permission to ``training-job/<prefix>*``. It is built from the run, the session and
-the attempt, so a retried or redriven step recreates the same name (and finds its job) while a new attempt
+characters of ``[a-zA-Z0-9](-*[a-zA-Z0-9])*``, and starts with the stack's job prefix and a hyphen, so that
+IAM can scope every SageMaker permission to the jobs of this stack (:func:`job_name_pattern`; a plain
+``<prefix>*`` would also match the jobs of another stack whose prefix is ``rlpipe-dev``). It is built from the run, the
+session and the attempt, so a retried step recreates the same name (and finds its job) while a new attempt
 never collides with the job it replaces.
 """
 
@@ -13,6 +14,8 @@ import hashlib
 import re
 from datetime import datetime, timezone
 
+DEFAULT_STACK_NAME = "RlpipeStack"
+DEFAULT_JOB_PREFIX = "rlpipe"
 JOB_NAME_MAX = 63
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 # The prefix leaves room for "-<run hash>-<index>-<session>-<attempt>".
@@ -20,6 +23,7 @@ JOB_PREFIX_MAX = 20
 RUN_ID_MAX = 80
 RUN_ID_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 _RUN_HASH_LEN = 8
+_INDEX_WIDTH = 3
 _RUN_PIPELINE_PART = 40
 
 
@@ -33,6 +37,17 @@ def check_job_prefix(prefix: str) -> str:
         raise NamingError(f"job prefix {prefix!r} must be 1-{JOB_PREFIX_MAX} characters of letters, digits "
                           "and inner hyphens")
     return prefix
+
+
+def job_name_pattern(prefix: str) -> str:
+    """The IAM resource-name pattern of every job a stack with ``prefix`` creates.
+
+    ``<prefix>-????????-???-*``: the prefix, then the shape :func:`job_name` gives (run digest, session
+    index), so the jobs of a stack whose prefix merely starts with this one (``rlpipe-dev`` next to
+    ``rlpipe``) do not match. The one definition used for the SageMaker ARNs (``training-job/<pattern>``)
+    and the training jobs' log streams.
+    """
+    return f"{check_job_prefix(prefix)}-{'?' * _RUN_HASH_LEN}-{'?' * _INDEX_WIDTH}-*"
 
 
 def is_valid_job_name(name: str) -> bool:
@@ -70,9 +85,9 @@ def job_name(prefix: str, run_id: str, index: int, session: str, attempt: int) -
     to fit. Tags on the job carry the full run id and session name.
     """
     check_job_prefix(prefix)
-    if index < 0 or attempt < 1:
-        raise NamingError(f"index must be >= 0 and attempt >= 1 (got {index}, {attempt})")
-    head = f"{prefix}-{_digest(run_id, _RUN_HASH_LEN)}-{index:03d}-"
+    if not 0 <= index < 10 ** _INDEX_WIDTH or attempt < 1:
+        raise NamingError(f"index must be 0-{10 ** _INDEX_WIDTH - 1} and attempt >= 1 (got {index}, {attempt})")
+    head = f"{prefix}-{_digest(run_id, _RUN_HASH_LEN)}-{index:0{_INDEX_WIDTH}d}-"
     tail = f"-{attempt}"
     room = JOB_NAME_MAX - len(head) - len(tail)
     part = re.sub(r"[^a-zA-Z0-9-]", "-", session)[:max(room, 0)].strip("-") or "s"

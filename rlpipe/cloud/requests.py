@@ -7,12 +7,13 @@ operation. Nothing about a job is decided anywhere else.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlpipe.cloud.naming import check_job_prefix
+from rlpipe.cloud.naming import DEFAULT_JOB_PREFIX, check_job_prefix
 from rlpipe.cloud.store import RunKeys, s3_uri
 from rlpipe.config import SessionConfig
 from rlpipe.contract import CONFIG_CHANNEL, DEFAULT_ROOT, METRIC_DEFINITIONS, PREVIOUS_CHANNEL, ContainerPaths
@@ -33,13 +34,14 @@ def _split(value: str | None) -> tuple[str, ...]:
 class StackSettings:
     """What the stack decides for every job (and for warm-pool matching: role, VPC, KMS are the same for all).
 
-    The Lambdas read it from their environment (:meth:`from_env`), the CLI from the stack's outputs.
+    The Lambdas read it from their environment (:meth:`from_env`), the CLI from the stack's
+    ``RequestSettings`` output (:meth:`document` written by the stack, :meth:`from_document` read back).
     """
 
     bucket: str
     role_arn: str
     image_uri: str
-    job_prefix: str = "rlpipe"
+    job_prefix: str = DEFAULT_JOB_PREFIX
     subnet_ids: tuple[str, ...] = ()
     security_group_ids: tuple[str, ...] = ()
     kms_key_arn: str | None = None
@@ -55,10 +57,28 @@ class StackSettings:
         """Read ``RLPIPE_*`` variables (set on each Lambda by the CDK construct)."""
         env = os.environ if env is None else env
         return cls(bucket=env["RLPIPE_BUCKET"], role_arn=env.get("RLPIPE_TRAINING_ROLE_ARN", ""),
-                   image_uri=env.get("RLPIPE_IMAGE_URI", ""), job_prefix=env.get("RLPIPE_JOB_PREFIX", "rlpipe"),
+                   image_uri=env.get("RLPIPE_IMAGE_URI", ""),
+                   job_prefix=env.get("RLPIPE_JOB_PREFIX", DEFAULT_JOB_PREFIX),
                    subnet_ids=_split(env.get("RLPIPE_SUBNET_IDS")),
                    security_group_ids=_split(env.get("RLPIPE_SECURITY_GROUP_IDS")),
                    kms_key_arn=env.get("RLPIPE_KMS_KEY_ARN") or None)
+
+
+    def document(self) -> dict[str, Any]:
+        """The settings as a JSON-able dict (the stack's ``RequestSettings`` output); tags are not included."""
+        return {"bucket": self.bucket, "role_arn": self.role_arn, "image_uri": self.image_uri,
+                "job_prefix": self.job_prefix, "subnet_ids": list(self.subnet_ids),
+                "security_group_ids": list(self.security_group_ids), "kms_key_arn": self.kms_key_arn or ""}
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any] | str) -> StackSettings:
+        """Read back :meth:`document` (a dict or its JSON text)."""
+        d = json.loads(doc) if isinstance(doc, str) else doc
+        return cls(bucket=d["bucket"], role_arn=d["role_arn"], image_uri=d["image_uri"],
+                   job_prefix=d.get("job_prefix") or DEFAULT_JOB_PREFIX,
+                   subnet_ids=tuple(d.get("subnet_ids") or ()),
+                   security_group_ids=tuple(d.get("security_group_ids") or ()),
+                   kms_key_arn=d.get("kms_key_arn") or None)
 
 
 # Top-level fields of every CreateTrainingJob request (VpcConfig too when the stack runs jobs in a VPC). The

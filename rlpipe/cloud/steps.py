@@ -2,9 +2,11 @@
 
 The state machine carries pointers (run id, session index, job name, small counters); everything that grows
 with the run lives in S3 (:mod:`rlpipe.cloud.store`). Every step is safe to run twice with the same input:
-Step Functions retries Lambda invocations, and an execution can be redriven. Job names are fixed per attempt
-(``attempts.json`` hands each (execution, try) one attempt number once), state writes replace whole
-documents, and the report overwrites the same keys.
+Step Functions retries Lambda invocations. Job names are fixed per attempt (``attempts.json`` hands each
+(execution, try) one attempt number once), state writes replace whole documents, and the report overwrites
+the same keys. A failed run is continued by a new execution with ``{"resume_run_id": ...}``, not by Step
+Functions' redrive: every error is caught and routed to the failure path, which ends in a Fail state, so a
+redrive would restart at that Fail state.
 
 Errors a caller should see are raised as :class:`InvalidInput` (bad execution input: nothing was created)
 or :class:`RunConflict`; Step Functions names the error after the exception class.
@@ -18,18 +20,20 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import yaml
 
-from rlpipe.cloud import naming
-from rlpipe.cloud.requests import StackSettings, create_training_job_request, release_pool_request, stop_request
-from rlpipe.cloud.store import CONFIGS_PREFIX, RunStore, S3Store, execution_key, is_missing, parse_s3_uri
+from rlpipe.cloud import jobs, naming
+from rlpipe.cloud.pacing import HISTORY_EVENT_LIMIT, Timing, estimated_history_events
+from rlpipe.cloud.requests import StackSettings, create_training_job_request
+from rlpipe.cloud.store import CONFIGS_PREFIX, RunKeys, RunStore, S3Store, execution_key, is_missing, parse_s3_uri
 from rlpipe.config import ConfigError, PipelineConfig, parse_pipeline
 from rlpipe.contract import session_document
-from rlpipe.plan import Plan, build_plan, price_table
-from rlpipe.state import RunState, SessionState, seconds_between, utcnow
+from rlpipe.plan import Plan, build_plan
+from rlpipe.state import RunState, SessionState, seconds_between, transition_seconds, utcnow
+
+__all__ = ["HISTORY_EVENT_LIMIT", "Timing", "estimated_history_events"]  # re-exported for callers of steps
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +43,15 @@ _INPUT_HELP = ('expected {} (the default pipeline), {"pipeline_s3_uri": "s3://<b
 # SageMaker reports capacity shortages as a failed job; a later attempt (a new job) may get capacity.
 CAPACITY_MARKERS = ("CapacityError", "InsufficientCapacity", "insufficient capacity")
 ACTIVE_JOB_STATUSES = ("InProgress", "Stopping")
+# SecondaryStatus values of a job that may still be taking over the previous job's pool.
+STARTING_SECONDARY = ("Starting", "Pending", "LaunchingMLInstances", "PreparingTrainingStack")
 _MESSAGE_ROWS = 40  # sessions listed in the alert e-mail; the report has them all
-# Step Functions keeps at most 25,000 history events per execution. Per session the loop costs about
-# EVENTS_PER_SESSION events plus EVENTS_PER_POLL per DescribeTrainingJob round (Wait, Task, Choice);
-# tests/test_state_machine.py measures both on the synthesized definition.
-HISTORY_EVENT_LIMIT = 25_000
-HISTORY_EVENT_BUDGET = 20_000
-EVENTS_FIXED = 25
-EVENTS_PER_SESSION = 40  # measured: 26 without, 37 with one warm-pool check; rounded up
-EVENTS_PER_POLL = 9
-STARTUP_SECONDS = 180  # a cold start; polls happen during it too
+# SNS: a Subject is ASCII without line breaks and shorter than 100 characters.
+SUBJECT_MAX = 99
+# A Completed job whose description still shows no WarmPoolStatus after this many pool checks kept none:
+# with the default warm-pool service quota (0) SageMaker silently keeps no pool.
+NO_POOL_CHECKS = 3
+NO_POOL_STATUS = "none kept (check the warm-pool service quota)"
 
 
 class InvalidInput(Exception):
@@ -57,50 +60,6 @@ class InvalidInput(Exception):
 
 class RunConflict(Exception):
     """The run is being driven by another execution."""
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Polling and retry pacing, from the Lambdas' environment so tests (and impatient users) can shrink it."""
-
-    min_poll_seconds: int = 60
-    max_poll_seconds: int = 900
-    pool_poll_seconds: int = 15
-    pool_max_polls: int = 40
-    retry_wait_seconds: int = 300
-    max_attempts: int = 3
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Timing:
-        env = os.environ if env is None else env
-        names = {"min_poll_seconds": "RLPIPE_MIN_POLL_SECONDS", "max_poll_seconds": "RLPIPE_MAX_POLL_SECONDS",
-                 "pool_poll_seconds": "RLPIPE_POOL_POLL_SECONDS", "pool_max_polls": "RLPIPE_POOL_MAX_POLLS",
-                 "retry_wait_seconds": "RLPIPE_RETRY_WAIT_SECONDS", "max_attempts": "RLPIPE_MAX_ATTEMPTS"}
-        values = {f: int(env[v]) for f, v in names.items() if env.get(v, "").strip()}
-        return cls(**values)
-
-    def poll_seconds(self, estimated_train_seconds: float, sessions: int = 1) -> int:
-        """Seconds between DescribeTrainingJob calls for a session expected to train that long.
-
-        Aims at a number of polls per session that keeps the whole execution's history within budget
-        (at most 30 polls, fewer when there are many sessions), within the min/max bounds.
-        """
-        budget = HISTORY_EVENT_BUDGET / max(sessions, 1) - EVENTS_PER_SESSION
-        polls = min(max(budget / EVENTS_PER_POLL, 3.0), 30.0)
-        return int(min(max(estimated_train_seconds / polls, self.min_poll_seconds), self.max_poll_seconds))
-
-
-def estimated_history_events(plan: Plan, timing: Timing) -> int:
-    """About how many history events an execution of ``plan`` produces (startup time counted as polls too)."""
-    n = len(plan.sessions)
-    target = min(max((HISTORY_EVENT_BUDGET / max(n, 1) - EVENTS_PER_SESSION) / EVENTS_PER_POLL, 3.0), 30.0)
-    total = float(EVENTS_FIXED)
-    for s in plan.sessions:
-        poll = timing.poll_seconds(s.estimated_train_seconds, n)
-        # A zero interval (tests) polls as fast as the job changes: count the target number of polls.
-        polls = (s.estimated_train_seconds + STARTUP_SECONDS) / poll + 1 if poll > 0 else target
-        total += EVENTS_PER_SESSION + EVENTS_PER_POLL * polls
-    return int(total)
 
 
 _CLIENTS: dict[str, Any] = {}
@@ -133,6 +92,7 @@ class Context:
     topic_arn: str | None = None
     default_pipeline_key: str | None = None
     region: str | None = None
+    stepfunctions: Any = None
 
     @classmethod
     def from_env(cls) -> Context:
@@ -143,12 +103,31 @@ class Context:
                    default_pipeline_key=os.environ.get("RLPIPE_DEFAULT_PIPELINE_KEY") or None,
                    region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
 
+    def sfn(self) -> Any:
+        """The Step Functions client (created on first use: only StartRun needs it)."""
+        if self.stepfunctions is None:
+            self.stepfunctions = client("stepfunctions")
+        return self.stepfunctions
+
+    def publish(self, subject: str, message: str) -> bool:
+        """Publish to the alert topic; False when this step has no topic configured."""
+        if self.sns is None or not self.topic_arn:
+            return False
+        self.sns.publish(TopicArn=self.topic_arn, Subject=sns_subject(subject), Message=message)
+        return True
+
     def run_store(self, run_id: str) -> RunStore:
         return RunStore(self.s3, self.settings.bucket, run_id)
 
     @property
     def store(self) -> S3Store:
         return S3Store(self.s3, self.settings.bucket)
+
+
+def sns_subject(text: str) -> str:
+    """``text`` as an SNS Subject: printable ASCII on one line, at most ``SUBJECT_MAX`` characters."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    return clean[:SUBJECT_MAX].rstrip() or "rlpipe"
 
 
 # ---- execution input -------------------------------------------------------------------------------------
@@ -235,13 +214,6 @@ def cursor(state: RunState, index: int | None, *, attempt_try: int = 0, outcome:
             "error": error or {"Error": "", "Cause": ""}}
 
 
-def _next_index(state: RunState, after: int = -1) -> int | None:
-    for i, s in enumerate(state.sessions):
-        if i > after and s.status not in ("completed", "skipped"):
-            return i
-    return None
-
-
 _PIPELINES: dict[tuple[str, str], PipelineConfig] = {}
 
 
@@ -259,6 +231,31 @@ def _load_pipeline(store: RunStore) -> PipelineConfig:
 
 
 # ---- start -------------------------------------------------------------------------------------------------
+
+def execution_is_running(ctx: Context, execution_arn: str | None) -> bool:
+    """Whether the execution is still RUNNING. An execution Step Functions no longer knows is not running."""
+    if not execution_arn:
+        return True  # nothing to ask about: assume the owner is alive
+    try:
+        return ctx.sfn().describe_execution(executionArn=execution_arn)["status"] == "RUNNING"
+    except Exception as err:
+        code = getattr(err, "response", {}).get("Error", {}).get("Code")
+        if code == "ExecutionDoesNotExist":
+            return False
+        raise
+
+
+def _take_over(ctx: Context, store: RunStore, state: RunState, owner: Mapping[str, Any]) -> None:
+    """The run's last execution ended without its cleanup (the state still says running): stop what it left."""
+    log.warning("run %s: execution %s is no longer running; taking the run over", state.run_id,
+                owner.get("execution"))
+    close_active_job(ctx, state)
+    for st in state.sessions:
+        if st.status == "running":
+            st.status, st.error = "interrupted", st.error or f"execution {owner.get('execution')} ended"
+            st.ended_at = st.ended_at or utcnow()
+    release_run_pools(ctx, state)
+
 
 def start_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """Validate the execution input, plan, and create (or take up, on resume) the run in S3.
@@ -278,14 +275,16 @@ def start_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         if not store.exists_run():
             raise InvalidInput(f"resume_run_id: no run '{resume_id}' in s3://{ctx.settings.bucket}/runs/")
         state = store.load_state()
-        owner = (store.get_json_or_none(store.keys.root + "execution.json") or {}).get("execution")
-        if state.status == "running" and owner not in (None, execution):
-            raise RunConflict(f"run '{resume_id}' is still running under execution '{owner}'; stop it first "
-                              "(`rlpipe stop`) and wait for its cleanup")
+        owner = store.get_json_or_none(store.keys.owner) or {}
+        if state.status == "running" and owner.get("execution") not in (None, execution):
+            if execution_is_running(ctx, owner.get("execution_arn")):
+                raise RunConflict(f"run '{resume_id}' is still running under execution '{owner['execution']}'; "
+                                  "stop it first (`rlpipe stop`)")
+            _take_over(ctx, store, state, owner)
         pipeline = _load_pipeline(store)
         if pipeline.fingerprint() != state.config_fingerprint:
             raise InvalidInput(f"resume_run_id: the stored pipeline of '{resume_id}' no longer matches its state")
-        log.info("resuming run %s at session %s", resume_id, _next_index(state))
+        log.info("resuming run %s at session %s", resume_id, state.next_index())
     else:
         assert pipeline is not None
         plan = build_plan(pipeline)
@@ -298,12 +297,12 @@ def start_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         store = ctx.run_store(run_id)
         state = store.load_state() if store.exists_run() else RunState.new(pipeline, run_id)
         store.put_json(store.keys.pipeline, pipeline.resolved())
-        store.put_json(store.keys.plan, {"source": source, "estimated_history_events": events, **plan.to_dict()})
+        store.put_json(store.keys.plan, {"source": source, "estimated_history_events": events,
+                                         "poll": ctx.timing.poll(), **plan.to_dict()})
         log.info("new run %s of %s (%d sessions) from %s", run_id, pipeline.name, len(pipeline.sessions), source)
     state.status, state.ended_at, state.error = "running", None, None
     store.save_state(state)
-    store.put_json(store.keys.root + "execution.json", {"execution": execution,
-                                                         "execution_arn": event.get("execution_arn")})
+    store.put_json(store.keys.owner, {"execution": execution, "execution_arn": event.get("execution_arn")})
     ctx.store.put_json(record_key, {"run_id": state.run_id, "execution": execution,
                                     "execution_arn": event.get("execution_arn"), "source": source,
                                     "started_at": event.get("started_at"), "finalized": False})
@@ -314,7 +313,7 @@ def _loop_payload(ctx: Context, state: RunState) -> dict[str, Any]:
     t = ctx.timing
     return {"run": {"run_id": state.run_id, "sessions": len(state.sessions),
                     "pool_poll_seconds": t.pool_poll_seconds, "retry_wait_seconds": t.retry_wait_seconds},
-            "cursor": cursor(state, _next_index(state))}
+            "cursor": cursor(state, state.next_index())}
 
 
 # ---- prepare ------------------------------------------------------------------------------------------------
@@ -329,11 +328,20 @@ def _attempt_number(store: RunStore, index: int, key: str, floor: int) -> int:
     return int(given[key])
 
 
+def _previous_pool(plan: Plan, state: RunState, index: int) -> dict[str, Any]:
+    """``$.job.previous_pool``: whether the previous job kept a pool that this job may not take over."""
+    prev = state.sessions[index - 1] if index else None
+    pending = bool(prev is not None and prev.job_name and plan.sessions[index - 1].keep_alive_seconds > 0
+                   and prev.warm_pool_status not in ("Reused", "Terminated", NO_POOL_STATUS))
+    return {"pending": pending, "job_name": prev.job_name if prev is not None and prev.job_name else ""}
+
+
 def prepare_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """Write session.json and build the CreateTrainingJob request of the session's next attempt.
 
-    Event: ``{"run_id", "index", "try", "execution"}``. Returns ``{"job_name", "attempt", "poll_seconds",
-    "request"}``; the request goes unchanged to ``aws-sdk:sagemaker:createTrainingJob``.
+    Event: ``{"run_id", "index", "try", "execution"}``. Returns ``{"job_name", "attempt", "poll",
+    "previous_pool", "request"}``; the request goes unchanged to ``aws-sdk:sagemaker:createTrainingJob``,
+    ``poll`` paces the Describe loop (:mod:`rlpipe.cloud.pacing`).
     """
     store = ctx.run_store(event["run_id"])
     index = int(event["index"])
@@ -345,74 +353,42 @@ def prepare_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     name = naming.job_name(ctx.settings.job_prefix, state.run_id, index, session.name, attempt)
 
     previous_bundle = state.sessions[index - 1].bundle if index and session.use_previous_checkpoint else None
-    offset = sum(s.timesteps for s in pipeline.sessions[:index])
+    offset = planned.global_timestep_offset
     doc = session_document(pipeline.name, state.run_id, index, session.model_dump(mode="json"),
                            planned.handoff_from, offset)
     store.put_json(store.keys.session_file(index, session.name), doc)
     request = create_training_job_request(ctx.settings, run_id=state.run_id, pipeline=pipeline.name,
                                           index=index, session=session, planned=planned, job_name=name,
                                           attempt=attempt, previous_bundle=previous_bundle)
-    if st.job_name != name:  # a new attempt (not a retry of this step): forget the last attempt's end
+    if st.job_name != name:  # a new attempt (not a retry of this step): forget the last attempt's end and time
         st.started_at = st.started_at or utcnow()
-        st.ended_at = None
+        st.ended_at, st.wall_seconds = None, None
     st.status, st.job_name, st.attempts, st.error = "running", name, attempt, None
     st.global_timestep_offset = offset
     state.status = "running"
     store.save_state(state)
     log.info("session %s: job %s (attempt %d, keep-alive %ss)", session.name, name, attempt,
              planned.keep_alive_seconds)
-    poll = ctx.timing.poll_seconds(planned.estimated_train_seconds, len(pipeline.sessions))
-    return {"job_name": name, "attempt": attempt, "poll_seconds": poll, "request": request}
+    return {"job_name": name, "attempt": attempt, "poll": ctx.timing.poll(),
+            "previous_pool": _previous_pool(plan, state, index), "request": request}
 
 
 # ---- record -------------------------------------------------------------------------------------------------
 
 def describe_job(ctx: Context, job_name: str) -> dict[str, Any] | None:
     """DescribeTrainingJob, or None when there is no such job."""
-    try:
-        return ctx.sagemaker.describe_training_job(TrainingJobName=job_name)
-    except Exception as err:
-        text = str(err)
-        if "ValidationException" in text and ("not find" in text or "not found" in text.lower()):
-            return None
-        if getattr(err, "response", {}).get("Error", {}).get("Code") == "ResourceNotFound":
-            return None
-        raise
+    return jobs.describe_job(ctx.sagemaker, job_name)
 
 
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="milliseconds")
-    return str(value)
+def release_pool(ctx: Context, job_name: str) -> bool:
+    """End ``job_name``'s warm pool if it is still waiting (Available). Returns whether it released one."""
+    return jobs.release_pool(ctx.sagemaker, job_name)
 
 
-def session_cost(st: SessionState, instance_type: str, instance_count: int) -> float | None:
-    """USD for the session's billable seconds plus its pool's billed idle time (price table rates)."""
-    rate = price_table()["usd_per_hour"].get(instance_type)
-    if rate is None or st.billable_seconds is None:
-        return None
-    seconds = st.billable_seconds + (st.warm_pool_idle_seconds or 0)
-    return round(rate / 3600 * instance_count * seconds, 6)
-
-
-def _apply_job(st: SessionState, job: Mapping[str, Any], spot: bool) -> None:
-    training, billable = job.get("TrainingTimeInSeconds"), job.get("BillableTimeInSeconds")
-    st.training_seconds = float(training) if training is not None else st.training_seconds
-    st.billable_seconds = float(billable) if billable is not None else st.billable_seconds
-    if spot and training and billable is not None:
-        st.spot_savings = round(1 - float(billable) / float(training), 4)
-    pool = job.get("WarmPoolStatus") or {}
-    if pool.get("Status"):
-        st.warm_pool_status = pool["Status"]
-    if pool.get("ResourceRetainedBillableTimeInSeconds") is not None:
-        st.warm_pool_idle_seconds = float(pool["ResourceRetainedBillableTimeInSeconds"])
-
-
-def _apply_metrics(st: SessionState, metrics: Mapping[str, Any] | None) -> None:
+def _apply_metrics(st: SessionState, metrics: Mapping[str, Any] | None) -> float | None:
+    """Copy the trainer's metrics.json into the session; returns its transfer-evaluation seconds."""
     if not metrics:
-        return
+        return None
     timing = metrics.get("timing") or {}
     if metrics.get("timesteps") is not None:
         st.timesteps = int(metrics["timesteps"])
@@ -425,23 +401,18 @@ def _apply_metrics(st: SessionState, metrics: Mapping[str, Any] | None) -> None:
         st.ended_at = timing["ended_at"]
     if "carried" in metrics:
         st.carried, st.reset = list(metrics.get("carried") or []), list(metrics.get("reset") or [])
+    return timing.get("transfer_eval_seconds")
 
 
-def release_pool(ctx: Context, job_name: str) -> bool:
-    """End ``job_name``'s warm pool if it is still waiting (Available). Returns whether it released one."""
-    job = describe_job(ctx, job_name)
-    if not job or (job.get("WarmPoolStatus") or {}).get("Status") != "Available":
-        return False
-    try:
-        ctx.sagemaker.update_training_job(**release_pool_request(job_name))
-    except Exception as err:  # a pool that expired or got reused meanwhile: nothing left to release
-        log.warning("could not release the pool of %s: %s", job_name, err)
-        return False
-    log.info("released the warm pool of %s", job_name)
-    return True
+def _account(ledger: dict[str, Any], pipeline: PipelineConfig, state: RunState, index: int, job_name: str,
+             job: Mapping[str, Any]) -> None:
+    compute = pipeline.sessions[index].compute
+    jobs.account_job(ledger, index, state.sessions[index], job_name, job, spot=compute.spot,
+                     instance_type=compute.instance_type, instance_count=compute.instance_count)
 
 
-def _check_previous_pool(ctx: Context, state: RunState, index: int, pipeline: PipelineConfig) -> None:
+def _check_previous_pool(ctx: Context, state: RunState, index: int, pipeline: PipelineConfig,
+                         ledger: dict[str, Any]) -> None:
     """After session ``index`` ran: did it reuse the previous job's pool? Release that pool if it still idles."""
     if index == 0:
         return
@@ -453,11 +424,9 @@ def _check_previous_pool(ctx: Context, state: RunState, index: int, pipeline: Pi
         return
     pool = job.get("WarmPoolStatus") or {}
     st.reused_previous_pool = pool.get("ReusedByJob") == st.job_name
-    cfg = pipeline.sessions[index - 1].compute
-    _apply_job(prev, job, cfg.spot)
-    prev.cost_usd = session_cost(prev, cfg.instance_type, cfg.instance_count)
-    if pool.get("Status") == "Available":  # not taken by this session: stop paying for it now
-        release_pool(ctx, prev.job_name)
+    _account(ledger, pipeline, state, index - 1, prev.job_name, job)  # the pool's idle time is billed by now
+    if pool.get("Status") == "Available" and release_pool(ctx, prev.job_name):  # not taken: stop paying now
+        prev.warm_pool_status = "Terminated"
 
 
 def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
@@ -472,34 +441,34 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     state = store.load_state()
     pipeline = _load_pipeline(store)
     plan = build_plan(pipeline)
-    st, cfg = state.sessions[index], pipeline.sessions[index]
+    st = state.sessions[index]
     job = describe_job(ctx, job_name) or {}
     status = job.get("TrainingJobStatus", "Missing")
     st.job_name = job_name
-    _apply_job(st, job, cfg.compute.spot)
-    _apply_metrics(st, store.read_metrics(st.name))
-    st.ended_at = st.ended_at or _iso(job.get("TrainingEndTime")) or utcnow()
-    if st.wall_seconds is None:
-        st.wall_seconds = seconds_between(_iso(job.get("TrainingStartTime")), _iso(job.get("TrainingEndTime")))
-    st.cost_usd = session_cost(st, cfg.compute.instance_type, cfg.compute.instance_count)
-    _check_previous_pool(ctx, state, index, pipeline)
+    ledger = store.get_json_or_none(store.keys.jobs) or {}
+    _account(ledger, pipeline, state, index, job_name, job)
+    transfer_eval = _apply_metrics(st, store.read_metrics(st.name))
+    st.ended_at = st.ended_at or jobs.iso(job.get("TrainingEndTime")) or utcnow()
+    if st.wall_seconds is None:  # reset per attempt by prepare_session
+        st.wall_seconds = seconds_between(jobs.iso(job.get("TrainingStartTime")), jobs.iso(job.get("TrainingEndTime")))
+    _check_previous_pool(ctx, state, index, pipeline, ledger)
+    store.put_json(store.keys.jobs, ledger)
     prev = state.sessions[index - 1] if index else None
-    if prev is not None and prev.ended_at and st.first_step_at and st.transition_seconds is None:
-        st.transition_seconds = seconds_between(prev.ended_at, st.first_step_at)
+    if prev is not None and st.transition_seconds is None:
+        st.transition_seconds = transition_seconds(prev.ended_at, st.first_step_at, transfer_eval)
 
     if status == "Completed":
         st.status, st.error = "completed", None
         st.bundle = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
         store.save_state(state)
-        nxt = _next_index(state, index)
-        pool = (job.get("WarmPoolStatus") or {}).get("Status")
+        nxt = state.next_index()
+        pool = jobs.pool_status(job)
         wait = bool(nxt is not None and plan.sessions[index].keep_alive_seconds > 0
                     and pool not in ("Available", "Terminated", "Reused"))
         log.info("session %s completed (job %s, pool %s); next: %s", st.name, job_name, pool, nxt)
         return cursor(state, nxt, wait_for_pool=wait, pool_polls_left=ctx.timing.pool_max_polls if wait else 0)
 
-    reason = job.get("FailureReason") or (f"training job {job_name} was stopped" if status == "Stopped"
-                                          else f"training job {job_name} ended as {status}")
+    reason = jobs.failure_reason(job, job_name)
     st.status, st.error = "failed", reason
     capacity = any(m in reason for m in CAPACITY_MARKERS)
     if capacity and attempt_try + 1 < ctx.timing.max_attempts:
@@ -512,47 +481,78 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     return cursor(state, index, attempt_try=attempt_try, outcome="failed", error=error)
 
 
+def _set_pool_status(ctx: Context, run_id: str | None, job_name: str, status: str) -> None:
+    """Record a pool finding on the session whose job is ``job_name``."""
+    if not run_id:
+        return
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    for st in state.sessions:
+        if st.job_name == job_name and st.warm_pool_status != status:
+            st.warm_pool_status = status
+            store.save_state(state)
+            return
+
+
 def check_pool(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """One poll of the previous job's warm pool before the next session is submitted.
 
-    Submitted before the pool is ``Available``, the next job would cold-start. Event: ``{"job_name",
-    "cursor"}``; returns the cursor with ``wait_for_pool`` false once the pool is Available, gone, or the
-    bounded wait is used up (then the next job starts anyway, perhaps cold).
+    Submitted before the pool is ``Available``, the next job would cold-start. Event: ``{"run_id",
+    "job_name", "cursor"}``; returns the cursor with ``wait_for_pool`` false once the pool is Available, gone,
+    or the bounded wait is used up (then the next job starts anyway, perhaps cold). A completed job that
+    still reports no pool at all after ``NO_POOL_CHECKS`` polls kept none (warm-pool quota 0): no more
+    waiting, and the session's pool status says so.
     """
     out = dict(event["cursor"])
-    job = describe_job(ctx, str(event["job_name"])) or {}
-    status = (job.get("WarmPoolStatus") or {}).get("Status")
+    job_name = str(event["job_name"])
+    job = describe_job(ctx, job_name) or {}
+    status = jobs.pool_status(job)
     left = int(out.get("pool_polls_left", 0)) - 1
     out["pool_polls_left"] = max(left, 0)
-    if status in ("Available", "Terminated", "Reused") or left <= 0:
+    polls_done = ctx.timing.pool_max_polls - left
+    no_pool = status is None and job.get("TrainingJobStatus") == "Completed" and polls_done >= NO_POOL_CHECKS
+    if status in ("Available", "Terminated", "Reused") or left <= 0 or no_pool:
         out["wait_for_pool"] = False
-        if status != "Available":
-            log.warning("pool of %s is %s; the next job may start cold", event["job_name"], status)
+        if no_pool:
+            log.warning("job %s kept no warm pool; check the warm-pool service quota of its instance type",
+                        job_name)
+            _set_pool_status(ctx, event.get("run_id"), job_name, NO_POOL_STATUS)
+        elif status != "Available":
+            log.warning("pool of %s is %s; the next job may start cold", job_name, status)
     return out
+
+
+def release_unused_pool(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """The running job is past its start: if the previous job's pool still idles, this job did not take it.
+
+    Called once the Describe loop sees the job InProgress beyond ``Starting`` (SecondaryStatus), so an unused
+    pool stops billing now instead of when this job ends. Assumption (not provable without AWS): by then
+    SageMaker has moved a pool the job reused to ``Reused``; a pool still ``InUse`` is checked again on the
+    next round. Event: ``{"run_id", "job_name"}`` (the previous job). Returns ``$.job.previous_pool``.
+    """
+    job_name = str(event["job_name"])
+    status = jobs.pool_status(describe_job(ctx, job_name))
+    if status == "Available" and release_pool(ctx, job_name):
+        _set_pool_status(ctx, event.get("run_id"), job_name, "Terminated")
+    return {"pending": status == "InUse", "job_name": job_name}
 
 
 # ---- end of a run -------------------------------------------------------------------------------------------
 
-def release_run_pools(ctx: Context, state: RunState) -> list[str]:
-    """Release every pool of the run still waiting for a job. Returns the jobs whose pools were released."""
+def release_run_pools(ctx: Context, state: RunState, only: set[str] | None = None) -> list[str]:
+    """Release every pool of the run (or of the jobs in ``only``) still waiting for a job."""
     released = []
     for st in state.sessions:
-        if st.job_name and release_pool(ctx, st.job_name):
+        if st.job_name and (only is None or st.job_name in only) and release_pool(ctx, st.job_name):
             st.warm_pool_status = "Terminated"
             released.append(st.job_name)
     return released
 
 
-def stop_active_job(ctx: Context, state: RunState) -> str | None:
-    """Stop the run's training job if one is still running. Returns its name."""
+def close_active_job(ctx: Context, state: RunState) -> str | None:
+    """Stop the run's training job if one is still running, so that it keeps no pool. Returns its name."""
     for st in state.sessions:
-        if st.status != "running" or not st.job_name:
-            continue
-        job = describe_job(ctx, st.job_name)
-        if job and job.get("TrainingJobStatus") in ACTIVE_JOB_STATUSES:
-            if job["TrainingJobStatus"] == "InProgress":
-                ctx.sagemaker.stop_training_job(**stop_request(st.job_name))
-            log.info("stopped job %s", st.job_name)
+        if st.status == "running" and st.job_name and jobs.close_job(ctx.sagemaker, st.job_name):
             return st.job_name
     return None
 
@@ -581,7 +581,7 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
 def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[str, str]:
     """Links for the message: the report in the S3 console and the execution in the Step Functions console."""
     region = ctx.region or "us-east-1"
-    key = f"runs/{run_id}/report.html"
+    key = RunKeys(run_id).report("html")
     links = {"report": ctx.store.uri(key),
              "report_console": f"https://{region}.console.aws.amazon.com/s3/object/{ctx.settings.bucket}"
                                f"?region={region}&prefix={key}"}
@@ -599,7 +599,7 @@ def summary_message(report: Mapping[str, Any], links: Mapping[str, str]) -> tupl
     done, total = report.get("sessions_completed", 0), report.get("sessions_total", 0)
     cost = report.get("total_cost_usd")
     cost_text = f", ${cost:.2f}" if isinstance(cost, (int, float)) else ""
-    subject = f"rlpipe {report.get('pipeline')}: {status} ({done}/{total} sessions{cost_text})"[:100]
+    subject = sns_subject(f"rlpipe {report.get('pipeline')}: {status} ({done}/{total} sessions{cost_text})")
     lines = [f"Run {report.get('run_id')} {status}.", ""]
     lines += [f"{label}: {value}" for label, value in summary_lines(report)]
     failures = failure_sentences(report)
@@ -629,15 +629,20 @@ def _finalize(ctx: Context, execution: str | None, **fields: Any) -> None:
     ctx.store.put_json(key, record)
 
 
+def _record(ctx: Context, execution: str | None) -> dict[str, Any]:
+    return (ctx.store.get_json_or_none(execution_key(execution)) if execution else None) or {}
+
+
 def finish_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """After the last session: mark the run succeeded, release pools, write the report.
 
     Event: ``{"run_id", "execution", "execution_arn"}``. Returns ``{"subject", "message", "report"}`` for the
-    SNS notification the state machine publishes.
+    SNS notification the state machine publishes (if that publish fails, the execution fails and the cleanup
+    Lambda sends the summary: the record is not marked ``notified`` here).
     """
     store = ctx.run_store(event["run_id"])
     state = store.load_state()
-    pending = [s.name for s in state.sessions if s.status not in ("completed", "skipped")]
+    pending = [s.name for s in state.sessions if s.status != "completed"]
     if pending:
         state.finish("failed", f"sessions not completed: {', '.join(pending)}")
     elif state.status != "succeeded":
@@ -672,17 +677,15 @@ def _run_id_of(ctx: Context, payload: Mapping[str, Any], execution: str | None) 
     run = payload.get("run") if isinstance(payload.get("run"), Mapping) else None
     if run and run.get("run_id"):
         return str(run["run_id"])
-    if execution:
-        record = ctx.store.get_json_or_none(execution_key(execution)) or {}
-        return record.get("run_id")
-    return None
+    return _record(ctx, execution).get("run_id")
 
 
 def _close_run(ctx: Context, run_id: str, status: str, cause: str) -> tuple[RunState, dict[str, Any]]:
-    """Stop the active job, mark the session and run, release pools, write the (partial) report."""
+    """Stop the active job (keep-alive dropped first), mark the session and run, release pools, write the
+    (partial) report."""
     store = ctx.run_store(run_id)
     state = store.load_state()
-    stop_active_job(ctx, state)
+    close_active_job(ctx, state)
     for st in state.sessions:
         if st.status == "running":
             st.status = "interrupted" if status == "interrupted" else "failed"
@@ -695,12 +698,25 @@ def _close_run(ctx: Context, run_id: str, status: str, cause: str) -> tuple[RunS
     return state, write_report(ctx, store, state)
 
 
+def _no_run_message(ctx: Context, execution: str | None, execution_arn: str | None, ended: str, text: str
+                    ) -> tuple[str, str]:
+    """Subject and body for an execution that ended before it started a run (names go in the body)."""
+    message = f"Execution {execution} {ended} before a run started.\n\n{text}\n\nNo training job was started."
+    links = console_links(ctx, "-", execution_arn)
+    if links.get("execution"):
+        message += f"\nExecution: {links['execution']}"
+    return sns_subject(f"rlpipe: an execution {ended} before a run started"), message
+
+
 def fail_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-    """The state machine's failure path: stop the job, release pools, partial report, the alert's text.
+    """The state machine's failure path: stop the job, release pools, partial report, and the alert.
 
     Event: ``{"state": <the state's payload>, "execution", "execution_arn"}``, the payload holding the error
-    either in ``error`` (a Catch) or in ``cursor.error`` (a failed training job). Returns ``{"error",
-    "cause", "subject", "message"}``: the Fail state's Error and Cause and the SNS message.
+    either in ``error`` (a Catch) or in ``cursor.error`` (a failed training job). Publishes the alert itself
+    and marks the execution ``notified`` only once that succeeded: if the publish fails, or this step fails
+    before it (the execution then ends through ``FailureHandlingFailed``), the cleanup Lambda, seeing no
+    ``notified`` when the FAILED execution is reported, closes the run and alerts. Returns ``{"error",
+    "cause", "subject", "message"}``: the Fail state's Error and Cause, and the alert.
     """
     payload = event.get("state") or {}
     execution = event.get("execution")
@@ -711,16 +727,42 @@ def fail_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         state, report = _close_run(ctx, run_id, "failed", cause)
         subject, message = summary_message(report, console_links(ctx, run_id, event.get("execution_arn")))
     else:
-        subject = f"rlpipe: execution {execution} failed before a run started"[:100]
-        message = f"{name}: {cause}\n\nNo training job was started."
-        links = console_links(ctx, "-", event.get("execution_arn"))
-        if links.get("execution"):
-            message += f"\nExecution: {links['execution']}"
-    _finalize(ctx, execution, run_id=run_id, status="failed", error=name)
+        subject, message = _no_run_message(ctx, execution, event.get("execution_arn"), "failed", f"{name}: {cause}")
+    notified = bool(_record(ctx, execution).get("notified"))  # a retry of this step after its publish
+    if not notified:
+        try:
+            notified = ctx.publish(subject, message)
+        except Exception as err:  # the Fail state still gets the real cause; the cleanup Lambda alerts
+            log.error("failure alert not sent (the cleanup Lambda will send it): %s", err)
+    _finalize(ctx, execution, run_id=run_id, status="failed", error=name, notified=notified)
     return {"error": name[:256], "cause": cause[:32000], "subject": subject, "message": message}
 
 
 _EVENT_STATUS = {"ABORTED": "interrupted", "TIMED_OUT": "failed", "FAILED": "failed"}
+
+
+def _jobs_of_execution(ctx: Context, run_id: str, execution: str) -> set[str]:
+    """Names of the jobs ``execution`` created in ``run_id`` (from the attempt numbers it was handed)."""
+    store = ctx.run_store(run_id)
+    attempts = store.get_json_or_none(store.keys.attempts) or {}
+    names = [s.name for s in _load_pipeline(store).sessions]
+    return {naming.job_name(ctx.settings.job_prefix, run_id, int(index), names[int(index)], int(attempt))
+            for index, given in attempts.items() for key, attempt in given.items()
+            if key.rsplit("#", 1)[0] == execution}
+
+
+def _clean_up_after_takeover(ctx: Context, run_id: str, execution: str) -> dict[str, Any]:
+    """``execution`` no longer owns ``run_id``: touch only its own jobs (stop, release), not the run."""
+    mine = _jobs_of_execution(ctx, run_id, execution)
+    for job_name in sorted(mine):
+        jobs.close_job(ctx.sagemaker, job_name)
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    released = release_run_pools(ctx, state, only=mine)
+    if released:
+        store.save_state(state)
+    log.info("execution %s no longer drives run %s: released %s", execution, run_id, released or "nothing")
+    return {"action": "released", "execution": execution, "run_id": run_id, "released": released}
 
 
 def cleanup_execution(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
@@ -728,14 +770,15 @@ def cleanup_execution(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
 
     Nothing stops a SageMaker job when an execution ends abnormally, so: stop the run's job, release its
     pools, write the partial report and alert, unless the state machine's own failure path already did all
-    that (a FAILED execution whose failure handler finished). A run that had already succeeded (the execution
-    ended abnormally while notifying) keeps its status; its pools are released and the summary is sent.
+    that and sent its alert (a FAILED execution whose record says ``notified``). A run that had already
+    succeeded (the execution ended abnormally while notifying) keeps its status; its pools are released and
+    the summary is sent. A run that a newer execution has taken over is left alone but for the jobs this
+    execution created.
     """
     detail = event.get("detail") or {}
     execution, status = detail.get("name"), str(detail.get("status", "FAILED"))
-    record = (ctx.store.get_json_or_none(execution_key(execution)) if execution else None) or {}
-    if record.get("cleaned_up") or (record.get("finalized") and record.get("status") == "failed"
-                                    and status == "FAILED"):
+    record = _record(ctx, execution)
+    if record.get("cleaned_up") or (record.get("notified") and status == "FAILED"):
         log.info("execution %s: its end was handled already", execution)
         return {"action": "none", "execution": execution}
     run_id = record.get("run_id")
@@ -743,8 +786,13 @@ def cleanup_execution(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     if detail.get("cause") or detail.get("error"):
         cause += f": {detail.get('error') or ''} {detail.get('cause') or ''}".rstrip()
     links = console_links(ctx, run_id or "-", detail.get("executionArn"))
-    if run_id and ctx.run_store(run_id).exists_run():
+    if run_id and execution and ctx.run_store(run_id).exists_run():
         store = ctx.run_store(run_id)
+        owner = (store.get_json_or_none(store.keys.owner) or {}).get("execution")
+        if owner not in (None, execution):
+            out = _clean_up_after_takeover(ctx, run_id, execution)
+            _finalize(ctx, execution, cleaned_up=True, status=status.lower())
+            return out
         if store.load_state().status == "succeeded":
             state = store.load_state()
             release_run_pools(ctx, state)
@@ -753,13 +801,11 @@ def cleanup_execution(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         else:
             _, report = _close_run(ctx, run_id, _EVENT_STATUS.get(status, "failed"), cause)
         subject, message = summary_message(report, links)
-        message = f"The execution ended as {status}.\n\n" + message
+        message = f"The execution {execution} ended as {status}.\n\n" + message
     else:
-        subject = f"rlpipe: execution {execution} {status} before a run started"[:100]
-        message = cause + "\n\nNo training job was started." + (
-            f"\nExecution: {links['execution']}" if links.get("execution") else "")
-    if ctx.sns is not None and ctx.topic_arn:
-        ctx.sns.publish(TopicArn=ctx.topic_arn, Subject=subject, Message=message)
+        subject, message = _no_run_message(ctx, execution, detail.get("executionArn"), status.lower().replace("_", " "),
+                                           cause)
+    notified = ctx.publish(subject, message)
     _finalize(ctx, execution, run_id=run_id, status="failed" if status == "FAILED" else status.lower(),
-              cleaned_up=True)  # EventBridge delivers at least once
+              cleaned_up=True, notified=notified)  # EventBridge delivers at least once
     return {"action": "cleaned", "execution": execution, "run_id": run_id}

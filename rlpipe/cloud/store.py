@@ -2,11 +2,14 @@
 
 Layout (all under ``s3://<bucket>/``)::
 
-    configs/...                                   pipelines uploaded by ``rlpipe start`` and at deploy
+    configs/...                                   pipelines uploaded by ``rlpipe start``;
+    configs/default/pipeline.json                 the default pipeline, written at deploy
     executions/<execution name>.json              which run an execution drives, and whether it finished
     runs/<run_id>/state.json                      the run's state (RunState), the single source of truth
+    runs/<run_id>/execution.json                  the execution that drives (or last drove) the run
     runs/<run_id>/pipeline.json, plan.json        the resolved pipeline and its plan, written once
     runs/<run_id>/attempts.json                   attempt numbers handed out per session (idempotent retries)
+    runs/<run_id>/jobs.json                       per-job times and costs (a session's attempts add up)
     runs/<run_id>/sessions/<NNN>-<name>/config/   the ``config`` channel: session.json for the trainer
     checkpoints/<run_id>/<name>/                  CheckpointConfig.S3Uri of the session (and its metrics.json);
                                                   a prefix of its own so a lifecycle rule can expire it
@@ -32,6 +35,12 @@ RUNS_PREFIX = "runs/"
 CHECKPOINTS_PREFIX = "checkpoints/"
 CONFIGS_PREFIX = "configs/"
 EXECUTIONS_PREFIX = "executions/"
+DEFAULT_PIPELINE_KEY = f"{CONFIGS_PREFIX}default/pipeline.json"
+# Parts of a run's keys below runs/<run_id>/ that training jobs touch (see TRAINING_JOB_ACCESS).
+_SESSIONS_DIR = "sessions/"
+_CONFIG_DIR = "config/"
+_OUTPUT_DIR = "output/"
+_TENSORBOARD_DIR = "tensorboard/"
 METRICS_FILE = "metrics.json"
 REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html", "png": "learning_curve.png"}
 _CONTENT_TYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8",
@@ -89,15 +98,23 @@ class RunKeys:
         return self.root + "attempts.json"
 
     @property
+    def jobs(self) -> str:
+        return self.root + "jobs.json"
+
+    @property
+    def owner(self) -> str:
+        return self.root + "execution.json"
+
+    @property
     def output(self) -> str:
-        return self.root + "output/"
+        return self.root + _OUTPUT_DIR
 
     def session(self, index: int, name: str) -> str:
-        return f"{self.root}sessions/{index:03d}-{name}/"
+        return f"{self.root}{_SESSIONS_DIR}{index:03d}-{name}/"
 
     def config_channel(self, index: int, name: str) -> str:
         """Prefix of the session's ``config`` channel (holds only session.json)."""
-        return self.session(index, name) + "config/"
+        return self.session(index, name) + _CONFIG_DIR
 
     def session_file(self, index: int, name: str) -> str:
         return self.config_channel(index, name) + SESSION_FILE
@@ -110,10 +127,35 @@ class RunKeys:
         return self.checkpoints(name) + METRICS_FILE
 
     def tensorboard(self, name: str) -> str:
-        return f"{self.root}tensorboard/{name}/"
+        return f"{self.root}{_TENSORBOARD_DIR}{name}/"
 
     def report(self, kind: str) -> str:
         return self.root + REPORT_FILES[kind]
+
+
+@dataclass(frozen=True)
+class TrainingJobAccess:
+    """Key patterns (IAM wildcards) of what a training job reads and writes, from the layout above.
+
+    ``read``: its ``config`` channel, the previous session's bundle (``previous`` channel) and its checkpoints
+    (copied in at job start). ``write``: model.tar.gz and SageMaker's other job output, TensorBoard files,
+    checkpoints. ``delete``: old checkpoints. ``list``: the prefixes SageMaker lists to download channels and
+    checkpoints (``s3:prefix`` patterns).
+    """
+
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    delete: tuple[str, ...]
+    list: tuple[str, ...]
+
+
+_ANY_RUN = f"{RUNS_PREFIX}*/"
+TRAINING_JOB_ACCESS = TrainingJobAccess(
+    read=(f"{_ANY_RUN}{_SESSIONS_DIR}*/{_CONFIG_DIR}*", f"{_ANY_RUN}{_OUTPUT_DIR}*", f"{CHECKPOINTS_PREFIX}*"),
+    write=(f"{_ANY_RUN}{_OUTPUT_DIR}*", f"{_ANY_RUN}{_TENSORBOARD_DIR}*", f"{CHECKPOINTS_PREFIX}*"),
+    delete=(f"{CHECKPOINTS_PREFIX}*",),
+    list=(f"{_ANY_RUN}{_SESSIONS_DIR}*/{_CONFIG_DIR}*", f"{_ANY_RUN}{_OUTPUT_DIR}*", f"{CHECKPOINTS_PREFIX}*"),
+)
 
 
 class S3Store:

@@ -7,7 +7,9 @@ what it needs on them (and nothing on ``*`` where a scope exists).
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Duration, Fn, Stack, Validations
+from aws_cdk import Acknowledgment, ArnFormat, Duration, Fn, Stack, Validations
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -15,21 +17,26 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from rlpipe.cloud.steps import Timing
-from stacks.orchestration.functions import LOG_RETENTION, TOPIC_KEY_ACK, Functions
+from rlpipe.cloud.naming import job_name_pattern
+from rlpipe.cloud.pacing import Timing
+from stacks.orchestration.functions import LOG_RETENTION, TOPIC_KEY_ACK, Functions, job_arn
 from stacks.orchestration.state_machine import RetryPacing, build_definition
 from stacks.settings import AppSettings
 
 ENDED_ABNORMALLY = ["FAILED", "TIMED_OUT", "ABORTED"]
+# Cleanup events EventBridge could not deliver are kept this long in the dead-letter queue.
+DLQ_RETENTION = Duration.days(14)
 
 
 class Orchestration(Construct):
-    """Runs pipelines: Standard state machine (JSONPath, all events logged, X-Ray) over seven Lambdas.
+    """Runs pipelines: Standard state machine (JSONPath, all events logged, X-Ray) over eight Lambdas.
 
-    Attributes: ``state_machine``, ``functions`` (name -> Function), ``log_group``, ``cleanup_rule``.
+    Attributes: ``state_machine``, ``functions`` (name -> Function), ``log_group``, ``cleanup_rule``,
+    ``cleanup_dlq`` (cleanup events EventBridge could not deliver) and ``cleanup_dlq_alarm`` (alerts on them).
     ``timing`` and ``pacing`` exist for tests and impatient users; the defaults suit real jobs.
     """
 
@@ -40,7 +47,7 @@ class Orchestration(Construct):
         stack = Stack.of(self)
         job_prefix = settings.job_prefix
         removal_policy = settings.cdk_removal_policy
-        job_arn = stack.format_arn(service="sagemaker", resource="training-job", resource_name=f"{job_prefix}*")
+        jobs_arn = job_arn(stack, job_prefix)
 
         self._functions = Functions(
             self, "Functions", bucket=bucket, training_role=training_role, image_uri=image_uri, topic=topic,
@@ -49,7 +56,7 @@ class Orchestration(Construct):
             kms_key_arn=settings.kms_key_arn, timing=timing, removal_policy=removal_policy)
         self.functions: dict[str, lambda_.Function] = self._functions.functions
 
-        definition = build_definition(self, functions=dict(self.functions), topic=topic, job_arn_pattern=job_arn,
+        definition = build_definition(self, functions=dict(self.functions), topic=topic, job_arn_pattern=jobs_arn,
                                       training_role=training_role, vpc=settings.uses_vpc,
                                       pacing=pacing)
         self.log_group = logs.LogGroup(
@@ -70,16 +77,54 @@ class Orchestration(Construct):
         )
         topic.grant_publish(self.state_machine)
 
+        self._grant_describe_own_executions(stack)
+
         cleanup = self.functions["cleanup"]
+        self.cleanup_dlq = sqs.Queue(self, "CleanupDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
+                                     enforce_ssl=True, retention_period=DLQ_RETENTION,
+                                     removal_policy=removal_policy)
+        Validations.of(self.cleanup_dlq).acknowledge(Acknowledgment(
+            id="AwsSolutions-SQS3",
+            reason="This queue is itself the dead-letter queue of the cleanup rule's target (EventBridge target "
+                   "DLQs are not SQS redrive policies, which cdk-nag cannot see)."))
         self.cleanup_rule = events.Rule(
             self, "ExecutionEndedAbnormally",
             description="rlpipe: stop the job, release warm pools and alert after a failed or aborted execution",
             event_pattern=events.EventPattern(
                 source=["aws.states"], detail_type=["Step Functions Execution Status Change"],
                 detail={"status": ENDED_ABNORMALLY, "stateMachineArn": [self.state_machine.state_machine_arn]}),
-            targets=[targets.LambdaFunction(cleanup, retry_attempts=8, max_event_age=Duration.hours(6))],
+            targets=[targets.LambdaFunction(cleanup, retry_attempts=8, max_event_age=Duration.hours(6),
+                                            dead_letter_queue=self.cleanup_dlq)],
         )
+        # An undelivered cleanup event means a job may still run or a pool idle: tell the team.
+        self.cleanup_dlq_alarm = cloudwatch.Alarm(
+            self, "CleanupUndelivered",
+            alarm_description="rlpipe: a cleanup event could not be delivered; a training job may still run or a "
+                              "warm pool idle. See the dead-letter queue and stop them by hand.",
+            metric=self.cleanup_dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
+            threshold=1, evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+        self.cleanup_dlq_alarm.add_alarm_action(cw_actions.SnsAction(topic))
         self._acknowledge(stack, job_prefix)
+
+    def _grant_describe_own_executions(self, stack: Stack) -> None:
+        """StartRun asks whether the execution that last drove a run still runs (taking over a dead one).
+
+        A policy of its own, attached after the state machine exists: the function cannot depend on the
+        machine (the machine depends on the function).
+        """
+        executions = stack.format_arn(service="states", resource="execution",
+                                      resource_name=f"{self.state_machine.state_machine_name}:*",
+                                      arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        policy = iam.Policy(self, "StartRunDescribeExecutions", roles=[self._functions.roles["start_run"]],
+                            statements=[iam.PolicyStatement(actions=["states:DescribeExecution"],
+                                                            resources=[executions])])
+        Validations.of(policy).acknowledge(Acknowledgment(
+            id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:"
+               f"execution:<{stack.get_logical_id(self.state_machine.node.default_child)}.Name>:*]",
+            reason="Executions are named at start time; DescribeExecution is limited to this state machine's own "
+                   "executions."))
 
     def _acknowledge(self, stack: Stack, job_prefix: str) -> None:
         role = self.state_machine.role
@@ -89,7 +134,7 @@ class Orchestration(Construct):
                            reason="CloudWatch Logs delivery and X-Ray tracing actions of Step Functions support "
                                   "no resource-level permissions."),
             Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
-                              f"<AWS::AccountId>:training-job/{job_prefix}*]",
+                              f"<AWS::AccountId>:training-job/{job_name_pattern(job_prefix)}]",
                            reason="Training jobs are created per session at run time; every SageMaker action is "
                                   "limited to this stack's job-name prefix."),
             Acknowledgment(id=TOPIC_KEY_ACK[0], reason=TOPIC_KEY_ACK[1]),

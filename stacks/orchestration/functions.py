@@ -13,7 +13,8 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from rlpipe.cloud.steps import Timing
+from rlpipe.cloud.naming import job_name_pattern
+from rlpipe.cloud.pacing import Timing, environment
 from rlpipe.cloud.store import CHECKPOINTS_PREFIX, CONFIGS_PREFIX, EXECUTIONS_PREFIX, RUNS_PREFIX
 from stacks.orchestration.packaging import ARCHITECTURE, RUNTIME, handler_code, layer_code
 
@@ -48,17 +49,22 @@ SPECS: dict[str, FunctionSpec] = {
                                    read=(RUNS_PREFIX, CHECKPOINTS_PREFIX), write=(RUNS_PREFIX,),
                                    sagemaker=("DescribeTrainingJob", "UpdateTrainingJob")),
     "check_pool": FunctionSpec("Polls the previous job's warm pool before the next session",
+                               read=(RUNS_PREFIX,), write=(RUNS_PREFIX,),
                                sagemaker=("DescribeTrainingJob",), timeout_seconds=30, memory_mb=256),
+    "release_unused_pool": FunctionSpec("Releases the previous job's pool when the running job did not take it",
+                                        read=(RUNS_PREFIX,), write=(RUNS_PREFIX,),
+                                        sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"),
+                                        timeout_seconds=30, memory_mb=256),
     "finish_run": FunctionSpec("Marks the run succeeded, releases warm pools, writes the report",
                                read=(RUNS_PREFIX, CHECKPOINTS_PREFIX, EXECUTIONS_PREFIX),
                                write=(RUNS_PREFIX, EXECUTIONS_PREFIX),
                                sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"), plots=True,
                                timeout_seconds=300, memory_mb=1024),
-    "fail_run": FunctionSpec("Failure path: stops the job, releases warm pools, writes the partial report",
+    "fail_run": FunctionSpec("Failure path: stops the job, releases warm pools, writes the partial report, alerts",
                              read=(RUNS_PREFIX, CHECKPOINTS_PREFIX, EXECUTIONS_PREFIX),
                              write=(RUNS_PREFIX, EXECUTIONS_PREFIX),
-                             sagemaker=("DescribeTrainingJob", "UpdateTrainingJob", "StopTrainingJob"), plots=True,
-                             timeout_seconds=300, memory_mb=1024),
+                             sagemaker=("DescribeTrainingJob", "UpdateTrainingJob", "StopTrainingJob"),
+                             publishes=True, plots=True, timeout_seconds=300, memory_mb=1024),
     "cleanup": FunctionSpec("After a FAILED, TIMED_OUT or ABORTED execution: stops the job, releases pools, "
                             "writes the partial report, alerts",
                             read=(RUNS_PREFIX, CHECKPOINTS_PREFIX, EXECUTIONS_PREFIX),
@@ -68,14 +74,9 @@ SPECS: dict[str, FunctionSpec] = {
 }
 
 
-def timing_environment(timing: Timing) -> dict[str, str]:
-    """The ``RLPIPE_*`` pacing variables that :meth:`Timing.from_env` reads."""
-    return {"RLPIPE_MIN_POLL_SECONDS": str(timing.min_poll_seconds),
-            "RLPIPE_MAX_POLL_SECONDS": str(timing.max_poll_seconds),
-            "RLPIPE_POOL_POLL_SECONDS": str(timing.pool_poll_seconds),
-            "RLPIPE_POOL_MAX_POLLS": str(timing.pool_max_polls),
-            "RLPIPE_RETRY_WAIT_SECONDS": str(timing.retry_wait_seconds),
-            "RLPIPE_MAX_ATTEMPTS": str(timing.max_attempts)}
+def job_arn(stack: Stack, job_prefix: str) -> str:
+    """ARN pattern of every training job this stack creates (``training-job/<prefix>-*``)."""
+    return stack.format_arn(service="sagemaker", resource="training-job", resource_name=job_name_pattern(job_prefix))
 
 
 class Functions(Construct):
@@ -100,13 +101,13 @@ class Functions(Construct):
         }
         stack = Stack.of(self)
         self._job_prefix = job_prefix
-        self._job_arn = stack.format_arn(service="sagemaker", resource="training-job", resource_name=f"{job_prefix}*")
+        self._job_arn = job_arn(stack, job_prefix)
         base_env = {
             "RLPIPE_BUCKET": bucket.bucket_name,
             "RLPIPE_JOB_PREFIX": job_prefix,
             "POWERTOOLS_SERVICE_NAME": "rlpipe",
             "POWERTOOLS_LOG_LEVEL": "INFO",
-            **timing_environment(timing or Timing()),
+            **environment(timing or Timing()),
         }
         self.functions: dict[str, lambda_.Function] = {}
         self.roles: dict[str, iam.Role] = {}
@@ -144,7 +145,7 @@ class Functions(Construct):
             role.add_to_policy(iam.PolicyStatement(actions=[f"sagemaker:{a}" for a in spec.sagemaker],
                                                    resources=[self._job_arn]))
             acks.append((f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:"
-                         f"<AWS::AccountId>:training-job/{self._job_prefix}*]",
+                         f"<AWS::AccountId>:training-job/{job_name_pattern(self._job_prefix)}]",
                          "Training jobs are created per session at run time; access is limited to this "
                          "stack's job-name prefix."))
         if spec.publishes:

@@ -7,15 +7,19 @@
                               │ │ └─pool→ WaitForPool → CheckPool → NextStep?
                               │ └─retry→ WaitBeforeRetry → PrepareSession
                               ▼ otherwise
-    PrepareSession → CreateTrainingJob → WaitForJob → DescribeTrainingJob → JobEnded? ─no→ WaitForJob
-                                                                               │yes
-                                                     NextStep? ← RecordSession ┘
-    any error ─Catch→ HandleFailure → NotifyFailure → RunFailed (Error and Cause from the handler)
+    PrepareSession → CreateTrainingJob → WaitForJob → DescribeTrainingJob → JobEnded? ─yes→ RecordSession → NextStep?
+                                            ▲                                   │ no
+                                            ├── (wait at its cap) ──────────────┤
+                                            ├── DoubleWait / CapWait ───────────┤
+                                            └── ReleaseUnusedPool ──────────────┘ (once past Starting)
+    any error ─Catch→ HandleFailure (stops the job, releases pools, report, alert) → RunFailed
 
 SageMaker is called through the AWS SDK integration (``aws-sdk:sagemaker:*``), not the optimized ``.sync``
 one: the request is passed as built (KeepAlivePeriodInSeconds included) and the loop decides when the next
-job may start (after the previous pool is Available). Wait times come from the payload (the Lambdas' pacing
-settings), so tests run the same definition without sleeping.
+job may start (after the previous pool is Available). The wait between polls starts at the Lambdas'
+``min_poll_seconds`` and doubles each round up to its cap (``$.job.poll``, :mod:`rlpipe.cloud.pacing`); all
+waits come from the payload, so tests run the same definition without sleeping. The failure alert is
+published by HandleFailure itself, which records that it did: if it fails, the cleanup Lambda alerts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from rlpipe.cloud.requests import create_fields
+from rlpipe.cloud.steps import STARTING_SECONDARY
 
 JOB_ENDED = ("Completed", "Failed", "Stopped")
 # Step Functions names SDK errors "<Service>.<ErrorCode>Exception" (the suffix is always added).
@@ -78,18 +83,12 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
     handler_failed = sfn.Fail(scope, "FailureHandlingFailed", error="FailureHandlingFailed",
                               cause="The failure handler itself failed; the cleanup Lambda (EventBridge) stops the "
                                     "job and releases pools. See the execution history for the first error.")
-    notify_failure = tasks.SnsPublish(scope, "NotifyFailure", topic=topic,
-                                      subject=sfn.JsonPath.string_at("$.failure.subject"),
-                                      message=sfn.TaskInput.from_json_path_at("$.failure.message"),
-                                      result_path=sfn.JsonPath.DISCARD)
-    notify_failure.add_retry(interval=Duration.seconds(5), max_attempts=3, backoff_rate=2)
-    notify_failure.add_catch(run_failed, result_path="$.notify_error")
     handle_failure = _invoke(scope, "HandleFailure", functions["fail_run"],
                              {"state": sfn.JsonPath.entire_payload, "execution": execution,
                               "execution_arn": execution_arn},
-                             "$.failure", "Stop the job, release pools, write the partial report")
+                             "$.failure", "Stop the job, release pools, write the partial report, alert")
     handle_failure.add_catch(handler_failed, result_path="$.handler_error")
-    handle_failure.next(notify_failure).next(run_failed)
+    handle_failure.next(run_failed)
 
     def on_error(task: Any) -> Any:
         task.add_catch(handle_failure, result_path="$.error")
@@ -129,7 +128,7 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
         comment="The request exactly as PrepareSession built it")
     create.add_retry(errors=RETRYABLE_SAGEMAKER_ERRORS, interval=pacing.create_interval,
                      max_attempts=pacing.create_attempts, backoff_rate=pacing.backoff_rate)
-    wait_job = sfn.Wait(scope, "WaitForJob", time=sfn.WaitTime.seconds_path("$.job.poll_seconds"))
+    wait_job = sfn.Wait(scope, "WaitForJob", time=sfn.WaitTime.seconds_path("$.job.poll.seconds"))
     # The name is fixed per attempt: "already exists" means a retried call got through before.
     create.add_catch(wait_job, errors=[JOB_EXISTS_ERROR], result_path=sfn.JsonPath.DISCARD)
     create.add_catch(handle_failure, result_path="$.error")
@@ -137,7 +136,8 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
         scope, "DescribeTrainingJob", service="sagemaker", action="describeTrainingJob",
         parameters={"TrainingJobName": sfn.JsonPath.string_at("$.job.job_name")},
         iam_resources=[job_arn_pattern],
-        result_selector={"TrainingJobStatus": sfn.JsonPath.string_at("$.TrainingJobStatus")},
+        result_selector={"TrainingJobStatus": sfn.JsonPath.string_at("$.TrainingJobStatus"),
+                         "SecondaryStatus": sfn.JsonPath.string_at("$.SecondaryStatus")},
         result_path="$.status"))
     describe.add_retry(errors=RETRYABLE_SAGEMAKER_ERRORS, interval=pacing.describe_interval,
                        max_attempts=pacing.describe_attempts, backoff_rate=pacing.backoff_rate)
@@ -145,10 +145,36 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
                               {"run_id": run_id, "index": index, "try": attempt_try,
                                "job_name": sfn.JsonPath.string_at("$.job.job_name")},
                               "$.cursor", "State, metrics, bundle handoff; decides what comes next"))
+    # Not ended: release the previous pool once this job is past its start and did not take it, else pace
+    # the next poll (double the wait, or set it to its cap; once there, no extra state per round).
+    release_unused = on_error(_invoke(scope, "ReleaseUnusedPool", functions["release_unused_pool"],
+                                      {"run_id": run_id,
+                                       "job_name": sfn.JsonPath.string_at("$.job.previous_pool.job_name")},
+                                      "$.job.previous_pool", "The previous pool idles while this job runs: end it"))
+    release_unused.next(wait_job)
+    poll = "$.job.poll"
+    double_wait = sfn.Pass(scope, "DoubleWait", result_path=poll, parameters={
+        "seconds": sfn.JsonPath.math_add(sfn.JsonPath.number_at(f"{poll}.seconds"),
+                                         sfn.JsonPath.number_at(f"{poll}.seconds")),
+        "max": sfn.JsonPath.number_at(f"{poll}.max"),
+        "double_up_to": sfn.JsonPath.number_at(f"{poll}.double_up_to")})
+    cap_wait = sfn.Pass(scope, "CapWait", result_path=poll, parameters={
+        "seconds": sfn.JsonPath.number_at(f"{poll}.max"), "max": sfn.JsonPath.number_at(f"{poll}.max"),
+        "double_up_to": sfn.JsonPath.number_at(f"{poll}.double_up_to")})
+    double_wait.next(wait_job)
+    cap_wait.next(wait_job)
+    past_start = sfn.Condition.and_(
+        sfn.Condition.string_equals("$.status.TrainingJobStatus", "InProgress"),
+        sfn.Condition.boolean_equals("$.job.previous_pool.pending", True),
+        sfn.Condition.not_(sfn.Condition.or_(*[sfn.Condition.string_equals("$.status.SecondaryStatus", s)
+                                               for s in STARTING_SECONDARY])))
     job_ended = sfn.Choice(scope, "JobEnded?")
     job_ended.when(sfn.Condition.or_(*[sfn.Condition.string_equals("$.status.TrainingJobStatus", s)
                                        for s in JOB_ENDED]), record)
-    job_ended.otherwise(wait_job)
+    job_ended.when(past_start, release_unused)
+    job_ended.when(sfn.Condition.number_greater_than_equals_json_path(f"{poll}.seconds", f"{poll}.max"), wait_job)
+    job_ended.when(sfn.Condition.number_greater_than_json_path(f"{poll}.seconds", f"{poll}.double_up_to"), cap_wait)
+    job_ended.otherwise(double_wait)
     prepare.next(create).next(wait_job).next(describe).next(job_ended)
 
     # -- between sessions: one Choice decides what comes next, from the cursor ---------------------------------
@@ -158,7 +184,7 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
     wait_retry.next(prepare)
     wait_pool = sfn.Wait(scope, "WaitForPool", time=sfn.WaitTime.seconds_path("$.run.pool_poll_seconds"))
     check_pool = on_error(_invoke(scope, "CheckPool", functions["check_pool"],
-                                  {"job_name": sfn.JsonPath.string_at("$.job.job_name"),
+                                  {"run_id": run_id, "job_name": sfn.JsonPath.string_at("$.job.job_name"),
                                    "cursor": sfn.JsonPath.object_at("$.cursor")},
                                   "$.cursor", "Bounded wait for WarmPoolStatus=Available"))
     wait_pool.next(check_pool).next(next_step)
