@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
 EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation episodes apart from training episodes
+# Evaluation episodes run side by side in one DummyVecEnv so the policy is queried in batches: about twice
+# as fast as one env at a time for 5 episodes (bench/RESULTS.md).
+MAX_EVAL_ENVS = 8
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # before any session changes it (the runner is in-process)
 HANDOFF_ORDER = ("policy", "optimizer", "vecnormalize", "replay_buffer", "num_timesteps")
 
 
@@ -91,10 +95,10 @@ class SessionTrainer:
         self._open_envs: list[VecEnv] = []  # closed in run()'s finally, also when preparation fails
 
     # -- environments -------------------------------------------------------------------------------------
-    def _make_env(self, n_envs: int, seed: int) -> VecEnv:
+    def _make_env(self, n_envs: int, seed: int, vec_env_cls: type[VecEnv] | None = None) -> VecEnv:
         s = self.session
         env = make_vec_env(s.env, n_envs=n_envs, seed=seed, env_kwargs=dict(s.env_kwargs),
-                           vec_env_cls=choose_vec_env(s) if n_envs > 1 else DummyVecEnv)
+                           vec_env_cls=vec_env_cls or (choose_vec_env(s) if n_envs > 1 else DummyVecEnv))
         self._open_envs.append(env)
         return env
 
@@ -268,12 +272,13 @@ class SessionTrainer:
     def run(self) -> SessionResult:
         """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
         s = self.session
-        torch.set_num_threads(s.torch_threads)
+        torch.set_num_threads(s.torch_threads or (TORCH_DEFAULT_THREADS if self.off_policy else 1))
         try:
             model, env, ckpt = self._prepare()
             resumed_from = ckpt.timesteps if ckpt else None
             self._checkpointed_at = resumed_from
-            eval_env = self._wrap_normalize(self._make_env(1, s.seed + EVAL_SEED_OFFSET), None)
+            eval_env = self._wrap_normalize(self._make_env(min(s.eval.episodes, MAX_EVAL_ENVS),
+                                                           s.seed + EVAL_SEED_OFFSET, DummyVecEnv), None)
             if isinstance(eval_env, VecNormalize):
                 eval_env.training = False
                 eval_env.norm_reward = False
