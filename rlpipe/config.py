@@ -108,9 +108,8 @@ class SessionSettings(_Strict):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     normalize: bool = Field(True, description="VecNormalize observations and rewards")
-    torch_threads: int | None = Field(None, ge=1, le=256, description="default: 1 on-policy (small MLP "
-                                      "batches run fastest on one thread), torch's default off-policy (256-sample "
-                                      "gradient batches gain from more)")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="default: 1, except off-policy on more "
+                                      "than 2 cores: torch's default (256-sample gradient batches gain from more)")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device; MLP policies run fastest on "
                                                    "the CPU, use cuda with a GPU instance and the CUDA image")
     vec_env: Literal["auto", "dummy", "subproc"] = "auto"

@@ -31,6 +31,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
+from rlpipe.algorithms import ALGORITHMS
 from rlpipe.config import SessionConfig
 from rlpipe.contract import ContainerPaths
 from rlpipe.jsonio import read_json, write_json_atomic
@@ -58,6 +59,17 @@ class SessionResult:
     timesteps: int
     resumed_from: int | None
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def torch_threads_for(session: SessionConfig) -> int:
+    """Torch threads for a session: its own setting, else 1 on-policy (small MLP batches run fastest on one
+    thread) and, off-policy, torch's default only on more than 2 cores: on 2 cores a second busy process makes
+    two threads collapse to a few steps/s (bench/RESULTS.md)."""
+    if session.torch_threads:
+        return session.torch_threads
+    if ALGORITHMS[session.algorithm].off_policy and (os.cpu_count() or 1) > 2:
+        return TORCH_DEFAULT_THREADS
+    return 1
 
 
 def choose_vec_env(session: SessionConfig) -> type[VecEnv]:
@@ -272,7 +284,7 @@ class SessionTrainer:
     def run(self) -> SessionResult:
         """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
         s = self.session
-        torch.set_num_threads(s.torch_threads or (TORCH_DEFAULT_THREADS if self.off_policy else 1))
+        torch.set_num_threads(torch_threads_for(s))
         try:
             model, env, ckpt = self._prepare()
             resumed_from = ckpt.timesteps if ckpt else None

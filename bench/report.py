@@ -1,0 +1,413 @@
+"""The headline figures, the throughput plot and ``RESULTS.md``, from the results document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+GOALS = {
+    "throughput_ratio_vs_sb3_same_settings": (">=", 0.97),
+    "throughput_ratio_vs_sb3_defaults": (">=", 1.5),
+    "transition_seconds_median": ("<=", 2.0),
+    "transition_seconds_median_full_budget": ("<=", 2.0),
+}
+
+
+def _met(key: str, value: float | None) -> bool | None:
+    if key not in GOALS or value is None:
+        return None
+    op, bound = GOALS[key]
+    return value >= bound if op == ">=" else value <= bound
+
+
+def _worst(cases: list[dict[str, Any]], key: str) -> tuple[float | None, str | None, dict[str, float | None]]:
+    per_case = {f"{c['algorithm']} on {c['env']}": c["ratios"][key] for c in cases}
+    known = {k: v for k, v in per_case.items() if v is not None}
+    if not known:
+        return None, None, per_case
+    case = min(known, key=known.__getitem__)
+    return known[case], case, per_case
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures a reader looks at first; throughput ratios are the worst over algorithms and envs."""
+    out: dict[str, Any] = {}
+    tp = results.get("throughput")
+    if tp:
+        runs = tp["repetitions"]
+        for key, name in (("vs_sb3_same_settings", "throughput_ratio_vs_sb3_same_settings"),
+                          ("vs_sb3_defaults", "throughput_ratio_vs_sb3_defaults"),
+                          ("vs_raw_env", "throughput_ratio_vs_raw_env"),
+                          ("measured_eval_vs_sb3_same_settings",
+                           "throughput_ratio_measured_eval_vs_sb3_same_settings"),
+                          ("training_only_vs_sb3_same_settings",
+                           "throughput_ratio_training_only_vs_sb3_same_settings")):
+            value, case, per_case = _worst(tp["cases"], key)
+            out[name] = {"value": value, "unit": "ratio of median env steps/s (rlpipe / baseline)", "runs": runs,
+                         "worst_case": case, "per_case": per_case}
+        st = tp["cases"][0]["rlpipe_settings"] if tp["cases"] else {}
+        out["throughput_ratio_vs_sb3_same_settings"]["note"] = (
+            f"rlpipe in steady state: evaluation ({st.get('eval_episodes')} full-length episodes) every "
+            f"{st.get('eval_every_steps')} steps and a checkpoint every {st.get('checkpoint_every_steps')} steps")
+        out["throughput_ratio_measured_eval_vs_sb3_same_settings"]["note"] = (
+            "rlpipe with the evaluations as long as they were in the measured window (early in training, "
+            "episodes end sooner)")
+        out["throughput_ratio_training_only_vs_sb3_same_settings"]["note"] = (
+            "rlpipe's rate with its periodic evaluation and checkpoint time taken out: the per-step cost of the "
+            "pipeline alone")
+    tr = results.get("transition")
+    if tr:
+        fig = tr["runner"]["transition_seconds"]
+        out["transition_seconds_median"] = {"value": fig["median"], "unit": "s", "runs": fig["runs"],
+                                            "what": "local runner, last step of session 1 to first step of 2"}
+        full = (results.get("transfer") or {}).get("arms", {}).get("transfer", {}).get("transition_seconds_full_budget")
+        if full and full.get("runs"):
+            out["transition_seconds_median_full_budget"] = {
+                "value": full["median"], "unit": "s", "runs": full["runs"],
+                "what": "the same transition in the transfer runs (default budgets, two runs at a time), step-0 "
+                        "transfer evaluation of a trained policy included"}
+        cold = tr["cold_process"]["warm_started_session"]["spawn_to_first_step_seconds"]
+        out["cold_process_first_step_seconds_median"] = {
+            "value": cold["median"], "unit": "s", "runs": cold["runs"],
+            "what": "python -m rlpipe.trainer, process spawn to first step of a warm-started session"}
+    tf = results.get("transfer")
+    if tf:
+        out["transfer_vs_scratch_reward_ratio"] = {
+            "value": tf["reward_ratio_transfer_vs_scratch"], "unit": "ratio of mean final eval reward",
+            "runs": len(tf["arms"]["transfer"]["seeds"]), "seeds": tf["seeds"], "session": tf["session"],
+            "budget_steps": tf["budget_steps"]}
+        t, s = tf["arms"]["transfer"]["steps_to_threshold"], tf["arms"]["scratch"]["steps_to_threshold"]
+        out["transfer_vs_scratch_steps_to_threshold_speedup"] = {
+            "value": round(s["mean"] / t["mean"], 2) if t["mean"] and s["mean"] else None,
+            "unit": "ratio of mean steps to reach the threshold (scratch / transfer)", "runs": t["runs"],
+            "threshold": tf["threshold"],
+            "reached": {"transfer": tf["arms"]["transfer"]["reached_threshold"],
+                        "scratch": tf["arms"]["scratch"]["reached_threshold"]},
+            "note": "over the seeds that reached the threshold in each arm"}
+    for key, item in out.items():
+        if key in GOALS:
+            op, bound = GOALS[key]
+            item["goal"] = f"{op} {bound:g}"
+            item["met"] = _met(key, item["value"])
+    return out
+
+
+# ---- plot -----------------------------------------------------------------------------------------------------
+
+def throughput_plot(throughput: dict[str, Any], path: Path) -> None:
+    """Median steps/s per case and variant (log scale), bars spanning min to max over repetitions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variants = [("sb3_defaults", "(a) SB3 defaults", "tab:grey"),
+                ("sb3_same_settings", "(b) SB3, rlpipe's settings", "tab:orange"),
+                ("rlpipe_steady_state", "rlpipe (steady state, default eval/checkpoint)", "tab:blue"),
+                ("raw_env", "(c) raw env", "tab:green")]
+    cases = throughput["cases"]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    width = 0.8 / len(variants)
+    x = np.arange(len(cases))
+    for i, (key, label, colour) in enumerate(variants):
+        med = np.array([c["steps_per_second"][key]["median"] or np.nan for c in cases], dtype=float)
+        lo = np.array([c["steps_per_second"][key]["min"] or np.nan for c in cases], dtype=float)
+        hi = np.array([c["steps_per_second"][key]["max"] or np.nan for c in cases], dtype=float)
+        ax.bar(x + (i - 1.5) * width, med, width, label=label, color=colour,
+               yerr=[np.nan_to_num(med - lo), np.nan_to_num(hi - med)], capsize=2)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{c['algorithm'].upper()}\n{c['env']}" for c in cases], fontsize=8)
+    ax.set_ylabel("env steps / s (median, log scale)")
+    ax.set_title(f"Training throughput, {throughput['repetitions']} interleaved repetitions")
+    ax.grid(axis="y", alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---- markdown ---------------------------------------------------------------------------------------------------
+
+def _n(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _fig(f: dict[str, Any], digits: int = 0) -> str:
+    if not f or f.get("median") is None:
+        return "–"
+    return f"{_n(f['median'], digits)} ({_n(f['min'], digits)}–{_n(f['max'], digits)})"
+
+
+def _mean_std(f: dict[str, Any], digits: int = 0) -> str:
+    if not f or f.get("mean") is None:
+        return "–"
+    return f"{_n(f['mean'], digits)} ± {_n(f['std'], digits)}"
+
+
+def _yes(met: bool | None) -> str:
+    return {True: "**met**", False: "**not met**", None: "–"}[met]
+
+
+def _machine(m: dict[str, Any]) -> list[str]:
+    p = m["packages"]
+    return [
+        "| | |", "|---|---|",
+        f"| CPU | {m['cpu_model']}, {m['logical_cores']} logical cores, {m['memory_gb']} GB RAM |",
+        f"| OS | {m['os']} |",
+        f"| Python | {m['python']} |",
+        f"| torch / stable-baselines3 / gymnasium / mujoco | {p['torch']} / {p['stable-baselines3']} / "
+        f"{p['gymnasium']} / {p['mujoco']} |",
+        f"| torch default threads | {m['torch_default_threads']} |",
+        f"| date (UTC) | {m['date']} |",
+        f"| load average (1/5/15 min) at start → end | {m['load_average_at_start']} → "
+        f"{m.get('load_average_at_end')} |",
+    ]
+
+
+def _headline_md(h: dict[str, Any]) -> list[str]:
+    rows = ["| figure | value | runs | goal | |", "|---|---|---|---|---|"]
+    for key, item in h.items():
+        extra = f" (worst: {item['worst_case']})" if item.get("worst_case") else ""
+        rows.append(f"| `{key}` | {_n(item['value'], 3)}{extra} | {item.get('runs')} | {item.get('goal', '–')} | "
+                    f"{_yes(item.get('met'))} |")
+    return rows
+
+
+def _throughput_md(tp: dict[str, Any], plot: str | None) -> list[str]:
+    st = tp["cases"][0]["rlpipe_settings"] if tp["cases"] else {}
+    episodes, every = st.get("eval_episodes"), st.get("eval_every_steps") or 0
+    ckpt, max_steps = st.get("checkpoint_every_steps") or 0, tp["cases"][0].get("max_episode_steps") or 0
+    out = [
+        "## 1. Training throughput",
+        "",
+        "Env steps per second over the `learn()` phase only, measured the same way for every learning variant: a "
+        "callback appended after all others opens a window at the start of training (SAC: at the first step that "
+        "trains, after SB3's `learning_starts`=100) and closes it at the last step; imports and setup are outside. "
+        f"Each measurement ran in a fresh process, interleaved (a, b, c, rlpipe per env and algorithm, "
+        f"{tp['repetitions']} repetitions); figures are medians (min–max).",
+        "",
+        "- **(a)** plain SB3 script with SB3's defaults: `ALGO(\"MlpPolicy\", env)`, torch's default threads;",
+        "- **(b)** plain SB3 script with rlpipe's exact settings (n_envs, DummyVecEnv, VecNormalize, one torch "
+        "thread, the same hyperparameters), no callbacks, no evaluation, no TensorBoard;",
+        "- **(c)** the raw env stepped with random actions (one env, no learning);",
+        "- **rlpipe**: `SessionTrainer` on a generated session root: the default curriculum's first session with "
+        "the env swapped (SAC: the schema's defaults for SAC — one env, SB3's SAC hyperparameters — since the "
+        f"curriculum's hyperparameters are PPO's), evaluation ({episodes} episodes) every {every:,} steps and "
+        f"checkpoints every {ckpt:,} steps as in `configs/pipeline.yaml`. When a window is shorter than that, the "
+        "trainer evaluates and checkpoints once at its end and that measured time is priced back to one per "
+        f"interval. Three rlpipe figures: **steady state** (used for the ratios: every evaluation episode runs the "
+        f"full {max_steps:,} steps, as it does once a policy survives; evaluation time = {episodes} × "
+        f"{max_steps:,} steps at the measured evaluation rate), **eval as "
+        "measured** (the evaluation as long as it was in the window, early in training), **training only** "
+        "(evaluation and checkpoint time taken out: the per-step cost of the pipeline alone).",
+        "",
+        "| algorithm | env | (a) SB3 defaults | (b) SB3, same settings | (c) raw env | rlpipe, steady state | "
+        "rlpipe, eval as measured | rlpipe, training only | rlpipe/(a) | rlpipe/(b) | rlpipe/(c) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in tp["cases"]:
+        r, s = c["ratios"], c["steps_per_second"]
+        out.append(f"| {c['algorithm'].upper()} | {c['env']} | {_fig(s['sb3_defaults'])} | "
+                   f"{_fig(s['sb3_same_settings'])} | {_fig(s['raw_env'])} | {_fig(s['rlpipe_steady_state'])} | "
+                   f"{_fig(s['rlpipe_at_default_intervals'])} | {_fig(s['rlpipe_training_only'])} | "
+                   f"{_n(r['vs_sb3_defaults'], 2)} | {_n(r['vs_sb3_same_settings'], 3)} | {_n(r['vs_raw_env'], 3)} |")
+    out += ["", "Ratios are of medians; the same ratios paired within each repetition (median, min–max) and what "
+            "rlpipe spends in its periodic work:", "",
+            "| algorithm | env | paired rlpipe/(a) | paired rlpipe/(b) | one evaluation in the window: s, env steps | "
+            "evaluation steps/s | one checkpoint (s) | window (steps) | torch threads (a / b / rlpipe) | "
+            "capped runs (a / b / c) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in tp["cases"]:
+        p, th, cap = c["paired_ratios"], c["torch_threads"], c["capped_runs"]
+        out.append(f"| {c['algorithm'].upper()} | {c['env']} | {_fig(p['sb3_defaults'], 2)} | "
+                   f"{_fig(p['sb3_same_settings'], 3)} | {_fig(c['rlpipe_eval_seconds_each'], 2)}, "
+                   f"{_n(c['rlpipe_eval_env_steps_each']['median'])} | {_fig(c['rlpipe_eval_steps_per_second'])} | "
+                   f"{_fig(c['rlpipe_checkpoint_seconds_each'], 3)} | {c['window_steps']:,} | "
+                   f"{th.get('sb3_defaults')} / {th.get('sb3_same_settings')} / {th.get('rlpipe')} | "
+                   f"{cap.get('sb3_defaults')} / {cap.get('sb3_same_settings')} / {cap.get('raw_env')} |")
+    if plot:
+        out += ["", f"![throughput]({plot})"]
+    return out
+
+
+def _transition_md(tr: dict[str, Any], tf: dict[str, Any] | None) -> list[str]:
+    r, c = tr["runner"], tr["cold_process"]
+    first, warm = c["first_session"], c["warm_started_session"]
+    arm = (tf or {}).get("arms", {}).get("transfer", {})
+    full = []
+    if arm.get("transition_seconds_full_budget", {}).get("runs"):
+        full = ["", f"The same transition at the default budgets (the transfer runs of section 3, two runs at a "
+                f"time): {_fig(arm['transition_seconds_full_budget'], 3)} s over "
+                f"{arm['transition_seconds_full_budget']['runs']} runs, of which the step-0 evaluation of the "
+                f"transferred policy took {_fig(arm['step_0_evaluation_seconds'], 3)} s (with tiny budgets the "
+                "policy falls at once and that evaluation is nearly free)."]
+    return [
+        "## 2. Session transitions",
+        "",
+        f"**Local runner** ({r['what']}; {r['timesteps_per_session']:,} steps per session): from session 1's "
+        "`ended_at` to session 2's `first_step_at` in `state.json`. Median (min–max) over "
+        f"{r['transition_seconds']['runs']} runs.",
+        "",
+        "| part | seconds |", "|---|---|",
+        f"| whole transition (`transition_seconds`) | {_fig(r['transition_seconds'], 3)} |",
+        f"| finish session 1 (bundle, checkpoint, learning-curve PNG, state) | "
+        f"{_fig(r['finish_previous_seconds'], 3)} |",
+        f"| start session 2 (env, model, bundle load, step-0 transfer evaluation, first step) | "
+        f"{_fig(r['start_next_seconds'], 3)} |",
+        "",
+        f"**Cold process** ({c['what']}). Median (min–max) over {c['transition_seconds']['runs']} runs.",
+        "",
+        "| | first session | warm-started session |", "|---|---|---|",
+        f"| spawn → `main()` (interpreter, light imports) | {_fig(first['spawn_to_main_seconds'], 3)} | "
+        f"{_fig(warm['spawn_to_main_seconds'], 3)} |",
+        f"| `main()` → first step (torch/SB3 imports, env, model, bundle) | "
+        f"{_fig(first['main_to_first_step_seconds'], 3)} | {_fig(warm['main_to_first_step_seconds'], 3)} |",
+        f"| **spawn → first step** | {_fig(first['spawn_to_first_step_seconds'], 3)} | "
+        f"{_fig(warm['spawn_to_first_step_seconds'], 3)} |",
+        f"| last step → process exit | {_fig(first['last_step_to_exit_seconds'], 3)} | |",
+        f"| transition with a process per session ({c['transition_definition']}) | | "
+        f"{_fig(c['transition_seconds'], 3)} |",
+        *full,
+    ]
+
+
+def _transfer_md(tf: dict[str, Any]) -> list[str]:
+    t, s = tf["arms"]["transfer"], tf["arms"]["scratch"]
+    out = [
+        "## 3. Curriculum quality: transfer against scratch",
+        "",
+        f"`{tf['session']}` (`{tf['env']}`, {tf['algorithm'].upper()}), {tf['budget_steps']:,} steps in both arms, "
+        f"seeds {tf['seeds']}. Transfer arm: the default curriculum (session 1: {tf['first_session_budget_steps']:,} "
+        f"steps on the standing task), session 2 warm-started with handoff {tf['handoff']}. Scratch arm: the same "
+        f"session with `use_previous_checkpoint: false`. Evaluation every {tf['eval_every_steps']:,} steps, "
+        f"{tf['eval_episodes']} deterministic episodes. Threshold: **{tf['threshold']:g}** ({tf['threshold_meaning']}).",
+        "",
+        "| | transfer | scratch |", "|---|---|---|",
+        f"| final eval reward, mean ± std | {_mean_std(t['final_eval_reward'], 1)} | "
+        f"{_mean_std(s['final_eval_reward'], 1)} |",
+        f"| best eval reward, mean ± std | {_mean_std(t['best_eval_reward'], 1)} | {_mean_std(s['best_eval_reward'], 1)} |",
+        f"| steps to reach {tf['threshold']:g}, mean ± std (of seeds that reached it) | "
+        f"{_mean_std(t['steps_to_threshold'])} | {_mean_std(s['steps_to_threshold'])} |",
+        f"| seeds that reached it | {t['reached_threshold']} | {s['reached_threshold']} |",
+    ]
+    if "reward_at_step_0" in t:
+        out.append(f"| eval reward at step 0 (before any training in the session) | "
+                   f"{_mean_std(t['reward_at_step_0'], 1)} | – |")
+        out.append(f"| session 1 final eval reward (standing task) | "
+                   f"{_mean_std(t['first_session_final_eval_reward'], 1)} | – |")
+    out += ["", f"Final-reward ratio transfer / scratch: **{_n(tf['reward_ratio_transfer_vs_scratch'], 3)}**.", "",
+            "| seed | arm | final | best | steps to threshold | run wall time (s) |", "|---|---|---|---|---|---|"]
+    for r in sorted(tf["runs"], key=lambda r: (r["seed"], r["kind"])):
+        if "error" in r:
+            out.append(f"| {r['seed']} | {r['kind']} | failed | | | {r.get('wall_seconds')} |")
+            continue
+        out.append(f"| {r['seed']} | {r['kind']} | {_n(r['final_eval_reward'], 1)} | {_n(r['best_eval_reward'], 1)} | "
+                   f"{_n(r['steps_to_threshold'])} | {_n(r['wall_seconds'], 0)} |")
+    if tf.get("plot"):
+        out += ["", f"![transfer vs scratch]({tf['plot']})"]
+    return out
+
+
+def _orchestration_md(orch: dict[str, Any]) -> list[str]:
+    if not orch.get("available"):
+        return ["## 4. Orchestration cost on AWS (modelled)", "", f"Not measured: {orch.get('reason')}"]
+    fit, model, est = orch["fit"], orch["aws_default_pipeline"], orch["transition_estimates"]
+    out = [
+        "## 4. Orchestration cost on AWS (modelled)",
+        "",
+        "The synthesized state machine executed on moto's ASL interpreter (`tests/sfn_harness.py`: real Lambda "
+        "handlers, SageMaker stand-in with instant jobs). Counts from each execution's history: state transitions "
+        "= `*StateEntered` events; Lambda invocations = `LambdaFunctionScheduled` events.",
+        "",
+        "| sessions | waits | DescribeTrainingJob polls | state transitions | Lambda invocations | history events |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in orch["executions"]:
+        out.append(f"| {r['sessions']} | {r.get('waits', 'zero_waits').replace('_', ' ')} | "
+                   f"{r['describe_training_job_calls']} | {r['state_transitions']} | {r['lambda_invocations']} | "
+                   f"{r['history_events']} |")
+    sessions = "; ".join(f"{s['name']}: job ≈ {s['job_seconds']:g} s, {s['polls']} polls, {s['wait_changes']} "
+                         f"wait doublings" for s in model["sessions"])
+    out += [
+        "",
+        f"Fit: state transitions = {fit['state_transitions_fixed']:g} fixed + {fit['state_transitions_per_session']:g} "
+        f"per session (with {fit['polls_per_session_in_harness']:g} polls) + {fit['transitions_per_poll']:g} per "
+        f"extra poll + {fit.get('transitions_per_wait_change', 0):g} per wait doubling; Lambda invocations = "
+        f"{fit['lambda_invocations_fixed']:g} fixed + {fit['lambda_invocations_per_session']:g} per session + "
+        f"{fit['lambda_invocations_per_poll']:g} per poll.",
+        "",
+        f"**Default curriculum on AWS** ({sessions}; pacing from `rlpipe.cloud.pacing.Timing`, job length = the "
+        "plan's training estimate + the startup of `rlpipe/data/prices.json`):",
+        "",
+        "| | per pipeline run |", "|---|---|",
+        f"| state transitions | {model['state_transitions']['value']} |",
+        f"| Lambda invocations | {model['lambda_invocations']['value']} |",
+        f"| Step Functions Standard ($0.025 / 1,000 transitions) | ${model['step_functions_usd']['value']:.4f} |",
+        f"| Lambda ({model['lambda_usd']['assumption']}) | ${model['lambda_usd']['value']:.5f} |",
+        f"| training, as the plan estimates it | ${_n(model['training_usd_estimated_by_plan']['value'], 4)} |",
+        f"| orchestration share of the run's cost | {_n((model['orchestration_share_of_cost'] or 0) * 100, 2)} % |",
+        "",
+        f"Prices: {orch['prices']['source']}.",
+        "",
+        "**Transition between sessions on AWS (estimate)**: warm pool "
+        f"**{est['warm_pool']['seconds']:g} s** against cold start **{est['cold_start']['seconds']:g} s**.",
+        "",
+        "| part | warm pool (s) | cold start (s) | source |", "|---|---|---|---|",
+    ]
+    parts = list(dict.fromkeys([*est["warm_pool"]["parts"], *est["cold_start"]["parts"]]))
+    for p in parts:
+        w, c = est["warm_pool"]["parts"].get(p), est["cold_start"]["parts"].get(p)
+        src = (w or c)["source"]
+        out.append(f"| {p.replace('_', ' ')} | {_n(w['seconds'], 1) if w else '–'} | "
+                   f"{_n(c['seconds'], 1) if c else '–'} | {src} |")
+    out += ["", f"See also {est['design_reference']}."]
+    return out
+
+
+def render_markdown(results: dict[str, Any], analysis: list[str] | None = None) -> str:
+    """RESULTS.md: headline, machine, one section per benchmark, notes."""
+    m = results["machine"]
+    lines = [
+        "# rlpipe benchmarks",
+        "",
+        f"`make bench{' QUICK=1' if results['mode'] == 'quick' else ''}` ({results['mode']} mode), "
+        f"{m['date']}, {round(results['wall_seconds'] / 60, 1)} min wall time ("
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results.get("section_wall_seconds", {}).items())
+        + "). Machine-readable: [`results.json`](results.json).",
+        "",
+        "## Headline",
+        "",
+        *_headline_md(results["headline"]),
+        "",
+        "## Machine",
+        "",
+        *_machine(m),
+        "",
+        "Other work ran on this machine during the benchmark (see the load averages). Throughput runs were "
+        "interleaved (a, b, c, rlpipe, then the next repetition) so that neighbouring runs see the same "
+        "background load and the ratios stay robust to it, while absolute rates move with the load.",
+        "",
+    ]
+    if results.get("merged_sections"):
+        again = ", ".join(f"{x['section']} ({x['date']}, source {x.get('source_sha256', '?')})"
+                          for x in results["merged_sections"])
+        lines += [f"Sections run again later, on a newer tree, and merged into these results: {again}. The other "
+                  f"sections come from the first run (source {m.get('source_sha256', 'not recorded')}).", ""]
+    if analysis:
+        lines += ["## What limits the goals that are not met", "", *analysis, ""]
+    if results.get("throughput"):
+        lines += [*_throughput_md(results["throughput"], results["throughput"].get("plot")), ""]
+    if results.get("transition"):
+        lines += [*_transition_md(results["transition"], results.get("transfer")), ""]
+    if results.get("transfer"):
+        lines += [*_transfer_md(results["transfer"]), ""]
+    if results.get("orchestration"):
+        lines += [*_orchestration_md(results["orchestration"]), ""]
+    if results.get("budgets_notes"):
+        lines += ["## Budgets", "", *[f"- {n}" for n in results["budgets_notes"]], ""]
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""The benchmark code runs end to end with microscopic budgets and writes well-formed results (no timings checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+
+pytestmark = pytest.mark.timeout(300)
+
+HEADLINE_KEYS = ("throughput_ratio_vs_sb3_same_settings", "throughput_ratio_vs_sb3_defaults",
+                 "throughput_ratio_vs_raw_env", "transition_seconds_median", "transfer_vs_scratch_reward_ratio")
+
+
+def test_bench_smoke_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["--smoke", "--only", "throughput,transition,transfer", "--out", str(out)]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "smoke"
+    for key in HEADLINE_KEYS:
+        item = results["headline"][key]
+        assert isinstance(item["value"], (int, float)), key
+        assert item["unit"] and item["runs"] >= 1, key
+    for case in results["throughput"]["cases"]:
+        for variant in ("sb3_defaults", "sb3_same_settings", "raw_env", "rlpipe", "rlpipe_at_default_intervals"):
+            fig = case["steps_per_second"][variant]
+            assert fig["runs"] == 1 and fig["median"] > 0 and fig["unit"] == "env steps/s", variant
+        assert case["torch_threads"]["rlpipe"] == [1] and case["torch_threads"]["sb3_same_settings"] == [1]
+    arms = results["transfer"]["arms"]
+    assert arms["transfer"]["final_eval_reward"]["runs"] == arms["scratch"]["final_eval_reward"]["runs"] == 2
+    assert results["transition"]["cold_process"]["warm_started_session"]["spawn_to_first_step_seconds"]["runs"] == 1
+
+    md = (out / "RESULTS.md").read_text()
+    for heading in ("## Headline", "## Machine", "## 1. Training throughput", "## 2. Session transitions",
+                    "## 3. Curriculum quality"):
+        assert heading in md
+    for png in ("throughput.png", "transfer_vs_scratch.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
