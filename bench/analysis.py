@@ -61,6 +61,12 @@ def _throughput_defaults(tp: dict[str, Any], cores: int | None) -> list[str]:
                      "step is the same; what differs is VecNormalize")
             if ours != threads:
                 text += f" and {ours} torch thread(s) instead of {threads}"
+        share = c.get("update_share", {}).get("sb3_same_settings", {}).get("median")
+        if share:
+            text += (f". Gradient updates take {_pct(share)} of (b)'s time: with env stepping and everything "
+                     f"else free, (b) would still reach only {b / a / share:.2f}× (a); more requires fewer "
+                     "gradient updates per env step, which changes the algorithm's sample efficiency, not its "
+                     "speed, so the defaults keep SB3's")
         lo, hi = s["sb3_defaults"]["min"], s["sb3_defaults"]["max"]
         text += (f". (a) ranged {lo:,.0f}–{hi:,.0f} steps/s over the repetitions, (b) "
                  f"{s['sb3_same_settings']['min']:,.0f}–{s['sb3_same_settings']['max']:,.0f}")

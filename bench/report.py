@@ -46,8 +46,10 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             out[name] = {"value": value, "unit": "ratio of median env steps/s (rlpipe / baseline)", "runs": runs,
                          "worst_case": case, "per_case": per_case}
         st = tp["cases"][0]["rlpipe_settings"] if tp["cases"] else {}
+        where = "in a background process" if tp["cases"] and tp["cases"][0].get("rlpipe_background_eval") \
+            else "in the training process"
         out["throughput_ratio_vs_sb3_same_settings"]["note"] = (
-            f"rlpipe in steady state: evaluation ({st.get('eval_episodes')} full-length episodes) every "
+            f"rlpipe in steady state: evaluation ({st.get('eval_episodes')} full-length episodes, {where}) every "
             f"{st.get('eval_every_steps')} steps and a checkpoint every {st.get('checkpoint_every_steps')} steps")
         out["throughput_ratio_measured_eval_vs_sb3_same_settings"]["note"] = (
             "rlpipe with the evaluations as long as they were in the measured window (early in training, "
@@ -143,6 +145,10 @@ def _fig(f: dict[str, Any], digits: int = 0) -> str:
     return f"{_n(f['median'], digits)} ({_n(f['min'], digits)}–{_n(f['max'], digits)})"
 
 
+def _pct_or_dash(v: float | None) -> str:
+    return "–" if v is None else f"{v * 100:.0f} %"
+
+
 def _mean_std(f: dict[str, Any], digits: int = 0) -> str:
     if not f or f.get("mean") is None:
         return "–"
@@ -182,6 +188,10 @@ def _throughput_md(tp: dict[str, Any], plot: str | None) -> list[str]:
     st = tp["cases"][0]["rlpipe_settings"] if tp["cases"] else {}
     episodes, every = st.get("eval_episodes"), st.get("eval_every_steps") or 0
     ckpt, max_steps = st.get("checkpoint_every_steps") or 0, tp["cases"][0].get("max_episode_steps") or 0
+    in_background = sorted({f"{c['algorithm'].upper()} on {c['env']}: "
+                            f"{'yes' if c.get('rlpipe_background_eval') else 'no'}" for c in tp["cases"]})
+    background = ("Evaluations ran in rlpipe's background worker where `eval.background`'s default chose it on "
+                  f"this machine ({'; '.join(in_background)}).")
     out = [
         "## 1. Training throughput",
         "",
@@ -198,13 +208,16 @@ def _throughput_md(tp: dict[str, Any], plot: str | None) -> list[str]:
         "- **rlpipe**: `SessionTrainer` on a generated session root: the default curriculum's first session with "
         "the env swapped (SAC: the schema's defaults for SAC — one env, SB3's SAC hyperparameters — since the "
         f"curriculum's hyperparameters are PPO's), evaluation ({episodes} episodes) every {every:,} steps and "
-        f"checkpoints every {ckpt:,} steps as in `configs/pipeline.yaml`. When a window is shorter than that, the "
-        "trainer evaluates and checkpoints once at its end and that measured time is priced back to one per "
-        f"interval. Three rlpipe figures: **steady state** (used for the ratios: every evaluation episode runs the "
-        f"full {max_steps:,} steps, as it does once a policy survives; evaluation time = {episodes} × "
-        f"{max_steps:,} steps at the measured evaluation rate), **eval as "
-        "measured** (the evaluation as long as it was in the window, early in training), **training only** "
-        "(evaluation and checkpoint time taken out: the per-step cost of the pipeline alone).",
+        f"checkpoints every {ckpt:,} steps as in `configs/pipeline.yaml`. When a window is shorter than three "
+        "intervals, the trainer evaluates and checkpoints three times in it and that measured time is priced back "
+        f"to one per interval. {background} Three rlpipe figures: **steady state** (used for the ratios; with "
+        "evaluation in the background: as measured, since the training loop only hands over a snapshot however "
+        f"long the episodes; in the training process: every evaluation episode runs the full {max_steps:,} steps, "
+        f"as it does once a policy survives, evaluation time = {episodes} × {max_steps:,} steps at the measured "
+        "evaluation rate), **eval as measured** (the evaluations as long as they were in the window, early in "
+        "training), **training only** (the time of evaluation and checkpoint calls on the training loop taken "
+        "out: the per-step cost of the pipeline alone). *Gradient updates* is the share of each window spent in "
+        "the algorithm's `train()`.",
         "",
         "| algorithm | env | (a) SB3 defaults | (b) SB3, same settings | (c) raw env | rlpipe, steady state | "
         "rlpipe, eval as measured | rlpipe, training only | rlpipe/(a) | rlpipe/(b) | rlpipe/(c) |",
@@ -218,16 +231,22 @@ def _throughput_md(tp: dict[str, Any], plot: str | None) -> list[str]:
                    f"{_n(r['vs_sb3_defaults'], 2)} | {_n(r['vs_sb3_same_settings'], 3)} | {_n(r['vs_raw_env'], 3)} |")
     out += ["", "Ratios are of medians; the same ratios paired within each repetition (median, min–max) and what "
             "rlpipe spends in its periodic work:", "",
-            "| algorithm | env | paired rlpipe/(a) | paired rlpipe/(b) | one evaluation in the window: s, env steps | "
-            "evaluation steps/s | one checkpoint (s) | window (steps) | torch threads (a / b / rlpipe) | "
+            "| algorithm | env | paired rlpipe/(a) | paired rlpipe/(b) | one evaluation on the training loop (s) | "
+            "one evaluation in the worker: s, env steps | evaluation steps/s | one checkpoint (s) | "
+            "gradient updates (a / b / rlpipe) | window (steps) | torch threads (a / b / rlpipe) | "
             "capped runs (a / b / c) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in tp["cases"]:
         p, th, cap = c["paired_ratios"], c["torch_threads"], c["capped_runs"]
+        share = c.get("update_share", {})
+        shares = " / ".join(_pct_or_dash(share.get(v, {}).get("median"))
+                            for v in ("sb3_defaults", "sb3_same_settings", "rlpipe"))
+        worker = c.get("rlpipe_worker_eval_seconds_each", {})
         out.append(f"| {c['algorithm'].upper()} | {c['env']} | {_fig(p['sb3_defaults'], 2)} | "
-                   f"{_fig(p['sb3_same_settings'], 3)} | {_fig(c['rlpipe_eval_seconds_each'], 2)}, "
+                   f"{_fig(p['sb3_same_settings'], 3)} | {_fig(c['rlpipe_eval_seconds_each'], 3)} | "
+                   f"{_fig(worker, 2) if worker.get('median') is not None else '–'}, "
                    f"{_n(c['rlpipe_eval_env_steps_each']['median'])} | {_fig(c['rlpipe_eval_steps_per_second'])} | "
-                   f"{_fig(c['rlpipe_checkpoint_seconds_each'], 3)} | {c['window_steps']:,} | "
+                   f"{_fig(c['rlpipe_checkpoint_seconds_each'], 3)} | {shares} | {c['window_steps']:,} | "
                    f"{th.get('sb3_defaults')} / {th.get('sb3_same_settings')} / {th.get('rlpipe')} | "
                    f"{cap.get('sb3_defaults')} / {cap.get('sb3_same_settings')} / {cap.get('raw_env')} |")
     if plot:

@@ -60,11 +60,13 @@ def measurement_spec(variant: str, algorithm: str, env_id: str, budgets: Budgets
     spec: dict[str, Any] = {"variant": variant, "algorithm": algorithm, "env": env_id, "window": window,
                             "timesteps": timesteps}
     if variant == "rlpipe":
-        # The default intervals when the window spans one; otherwise one evaluation and one checkpoint at the
-        # window's end, priced back to the default interval (see amortize_periodic).
+        # The default intervals when the window spans three; otherwise three evaluations and checkpoints in the
+        # window, priced back to the default interval (see amortize_periodic). Two of them fall inside it, so
+        # background evaluations run while the window trains (and the session evaluates in the background, as
+        # a default-length session does).
         defaults = default_session_dict(0)
-        if timesteps < min(defaults["eval"]["every_steps"], defaults["checkpoint"]["every_steps"]):
-            spec["interval"] = timesteps
+        if timesteps < 3 * min(defaults["eval"]["every_steps"], defaults["checkpoint"]["every_steps"]):
+            spec["interval"] = timesteps // 3
     else:
         # Baselines only: rlpipe's window must hold its evaluation and checkpoint, so it is never cut short.
         spec["max_seconds"] = budgets.max_seconds
@@ -97,6 +99,8 @@ def amortize_periodic(run: dict[str, Any], eval_every: int, checkpoint_every: in
     - ``at_default_intervals``: one evaluation (as measured in the window) and one checkpoint per default interval;
     - ``steady_state``: as above, but every evaluation episode runs to the time limit, as they do once a
       policy survives (evaluation time = episodes x max episode steps / measured evaluation steps per second).
+      With background evaluation the training loop only hands over a snapshot, whatever the episodes' length,
+      so steady state is ``at_default_intervals``: the worker's evaluations ran beside the measured training.
     """
     steps, seconds = run.get("steps"), run.get("seconds")
     none = {"training_only": None, "at_default_intervals": None, "steady_state": None,
@@ -111,10 +115,18 @@ def amortize_periodic(run: dict[str, Any], eval_every: int, checkpoint_every: in
     per_ckpt = sum(ckpts) / len(ckpts) if ckpts else 0.0
     ckpt_time = per_ckpt * steps / checkpoint_every
     at_default = train + per_eval * steps / eval_every + ckpt_time
-    eval_steps = sum(run.get("eval_env_steps", []))
-    eval_rate = eval_steps / sum(evals) if evals and eval_steps else None
+    background = bool(run.get("background_eval"))
+    worker_seconds = sum(run.get("worker_eval_seconds", []))
+    if background:
+        eval_steps = sum(run.get("worker_eval_env_steps", []))
+        eval_rate = eval_steps / worker_seconds if worker_seconds and eval_steps else None
+    else:
+        eval_steps = sum(run.get("eval_env_steps", []))
+        eval_rate = eval_steps / sum(evals) if evals and eval_steps else None
     steady = None
-    if eval_rate and run.get("max_episode_steps"):
+    if background:
+        steady = round(steps / at_default, 2)
+    elif eval_rate and run.get("max_episode_steps"):
         full_eval = eval_episodes * run["max_episode_steps"] / eval_rate
         steady = round(steps / (train + full_eval * steps / eval_every + ckpt_time), 2)
     return {"training_only": round(steps / train, 2), "at_default_intervals": round(steps / at_default, 2),
@@ -168,12 +180,18 @@ def summarize(runs: list[dict[str, Any]], budgets: Budgets) -> dict[str, Any]:
                 "window_steps": budgets.ppo_window if algorithm == "ppo" else budgets.sac_window,
                 "steps_per_second": rates,
                 "rlpipe_eval_seconds_each": figure([x for r in rl for x in r.get("eval_seconds", [])], "s", 3),
-                "rlpipe_eval_env_steps_each": figure([x for r in rl for x in r.get("eval_env_steps", [])],
-                                                     "env steps", 0),
+                "rlpipe_eval_env_steps_each": figure(
+                    [x for r in rl for x in r.get("worker_eval_env_steps" if r.get("background_eval")
+                                                  else "eval_env_steps", [])], "env steps", 0),
+                "rlpipe_worker_eval_seconds_each": figure([x for r in rl for x in r.get("worker_eval_seconds", [])],
+                                                          "s", 3),
                 "rlpipe_eval_steps_per_second": figure([r.get("eval_steps_per_second") for r in rl], UNIT, 1),
                 "max_episode_steps": next((r.get("max_episode_steps") for r in rl), None),
                 "rlpipe_checkpoint_seconds_each": figure([x for r in rl for x in r.get("checkpoint_seconds", [])],
                                                          "s", 3),
+                "update_share": {v: figure([r.get("update_share") for r in rs], "fraction of the window", 3)
+                                 for v, rs in pick.items() if v != "raw_env"},
+                "rlpipe_background_eval": any(r.get("background_eval") for r in rl),
                 "torch_threads": {v: sorted({r.get("torch_threads") for r in rs if r.get("torch_threads")})
                                   for v, rs in pick.items()},
                 "capped_runs": {v: sum(1 for r in rs if r.get("capped")) for v, rs in pick.items()},

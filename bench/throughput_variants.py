@@ -40,6 +40,7 @@ def _timer_class() -> type:
             self.s_last = 0
             self.capped = False
             self.in_learn = False
+            self.updates: list[tuple[float, float]] = []  # (start, seconds) of each gradient-update phase
 
         def _open(self, now: float) -> None:
             self.t0, self.s0 = now, self.num_timesteps
@@ -73,8 +74,12 @@ def _timer_class() -> type:
         def result(self) -> dict[str, Any]:
             steps = self.s_last - self.s0
             seconds = (self.t_last - self.t0) if self.t0 is not None and self.t_last is not None else 0.0
+            updating = sum(d for start, d in self.updates
+                           if self.t0 is not None and self.t_last is not None and self.t0 <= start < self.t_last)
             return {"steps": steps, "seconds": round(seconds, 4),
-                    "steps_per_second": round(steps / seconds, 2) if seconds > 0 else None, "capped": self.capped}
+                    "steps_per_second": round(steps / seconds, 2) if seconds > 0 else None, "capped": self.capped,
+                    "update_seconds": round(updating, 4),
+                    "update_share": round(updating / seconds, 4) if seconds > 0 else None}
 
     return StepWindow
 
@@ -104,6 +109,18 @@ def install_window(opens_after: int, max_seconds: float | None) -> Any:
             return _original(self, total_timesteps, callback, *args, **kwargs)
 
         base.learn = learn  # type: ignore[method-assign]
+    for cls in (_algorithm(name) for name in ("ppo", "a2c", "sac", "td3")):
+        # Time each gradient-update phase (``train()``) that starts inside the window: what the algorithm's
+        # own work costs per step, apart from env stepping and everything around it.
+        def train(self: Any, *args: Any, _original: Any = cls.train, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                if timer.is_open:
+                    timer.updates.append((start, time.perf_counter() - start))
+
+        cls.train = train  # type: ignore[method-assign]
     return timer
 
 
@@ -217,6 +234,7 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
     from bench.sessions import throughput_session, write_session_root
     from rlpipe.jsonio import read_json
     from rlpipe.trainer import callbacks as cb
+    from rlpipe.trainer import eval_worker
     from rlpipe.trainer import session as trainer_session
 
     s = throughput_session(spec["algorithm"], spec["env"], spec["timesteps"], spec.get("interval"))
@@ -237,6 +255,16 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
         return wrapper
 
     cb.Evaluator.evaluate = timed("eval", cb.Evaluator.evaluate)  # type: ignore[method-assign]
+    worker: dict[str, list[float]] = {"seconds": [], "env_steps": []}
+    collect = eval_worker.BackgroundEvaluator.collect
+
+    def collect_recorded(self: Any, timeout: float | None = 0.0) -> list[Any]:
+        outcomes = collect(self, timeout)
+        worker["seconds"] += [o.seconds for o in outcomes]
+        worker["env_steps"] += [o.env_steps for o in outcomes]
+        return outcomes
+
+    eval_worker.BackgroundEvaluator.collect = collect_recorded  # type: ignore[method-assign]
     trainer_session.SessionTrainer._checkpoint = timed(  # type: ignore[method-assign]
         "checkpoint", trainer_session.SessionTrainer._checkpoint)
     with tempfile.TemporaryDirectory(prefix="rlpipe-bench-") as tmp:
@@ -250,6 +278,9 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
             "eval_seconds": [round(x, 4) for x in periodic["eval"]], "eval_env_steps": periodic["eval_steps"],
             "max_episode_steps": _max_episode_steps(s.env),
             "checkpoint_seconds": [round(x, 4) for x in periodic["checkpoint"]],
+            "background_eval": trainer_session.background_eval_for(s),
+            "worker_eval_seconds": [round(x, 4) for x in worker["seconds"]],
+            "worker_eval_env_steps": worker["env_steps"],
             "trainer_reported_fps": metrics.get("timing", {}).get("fps"), "status": result.status}
 
 

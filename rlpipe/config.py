@@ -78,6 +78,9 @@ class EvalSettings(_Strict):
 
     every_steps: int = Field(10000, gt=0)
     episodes: int = Field(5, gt=0, le=1000)
+    background: bool | None = Field(None, description="evaluate in a second process while training goes on; "
+                                    "default: when a core is spare and the session evaluates at least twice "
+                                    "before its end")
 
 
 class CheckpointSettings(_Strict):

@@ -193,3 +193,88 @@ def test_entrypoint_accepts_sagemaker_train_argument(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "rlpipe.trainer", "train", "--root", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+
+
+def _evaluations(root: Path) -> list[tuple[int, float, float]]:
+    return [(e["timesteps"], e["mean_reward"], e["std_reward"])
+            for e in read_json(root / "model" / "metrics.json")["evaluations"]]
+
+
+def test_background_evaluation_records_what_in_process_evaluation_does(tmp_path: Path) -> None:
+    import multiprocessing
+
+    raw = pipeline_raw(eval={"every_steps": 128, "episodes": 2})
+    raw["sessions"][1]["timesteps"] = 640
+    first = tmp_path / "s1"
+    SessionTrainer(session_root(first, raw, 0)).run()
+    results = {}
+    for background in (False, True):
+        raw["sessions"][1]["eval"]["background"] = background
+        root = tmp_path / f"background-{background}"
+        result = SessionTrainer(session_root(root, raw, 1, previous=first / "model")).run()
+        assert result.status == "completed" and result.timesteps == 640
+        results[background] = _evaluations(root)
+    # The step-0 transfer evaluation, five periodic ones and the final one: same steps, same rewards.
+    assert [e[0] for e in results[True]] == [0, 128, 256, 384, 512, 640]
+    assert results[True] == results[False]
+    assert not multiprocessing.active_children()  # the worker is gone
+
+
+def test_background_worker_reports_a_failed_evaluation_and_stops(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, Snapshot, snapshot
+
+    env = make_vec_env("rlpipe/HeightMaximize-v0", n_envs=1)
+    model = PPO("MlpPolicy", env, n_steps=64, seed=0, policy_kwargs={"net_arch": [8]})
+    worker = BackgroundEvaluator(EvalEnvSpec("rlpipe/HeightMaximize-v0", {}, 1, 1, normalize=False,
+                                             clip_obs=10.0, epsilon=1e-8), model)
+    try:
+        worker.submit(snapshot(model, env, seed=7))
+        worker.submit(Snapshot(64, 7, {"not": torch.zeros(1)}, None))  # weights of another policy
+        good, bad = worker.collect(timeout=None)
+        assert worker.pending == 0
+        env.seed(7)
+        expected, _ = evaluate_policy(model, env, n_eval_episodes=1, deterministic=True, warn=False)
+        assert good.error is None and good.mean_reward == pytest.approx(float(expected))
+        assert bad.timesteps == 64 and "load_state_dict" in (bad.error or "")
+    finally:
+        worker.close()
+        env.close()
+    assert not worker._process.is_alive()
+
+
+def test_resume_keeps_evaluations_recorded_after_the_checkpoint() -> None:
+    from rlpipe.trainer.session import evaluations_up_to
+
+    def ev(steps: int, reward: float) -> dict:
+        return {"timesteps": steps, "mean_reward": reward}
+
+    # Checkpoint at 256 written while the evaluation of 256 ran in the background; metrics.json has it, and
+    # the evaluation of 384, whose steps the resumed session trains again.
+    merged = evaluations_up_to([ev(128, 1.0)], [ev(128, 9.0), ev(256, 2.0), ev(384, 3.0)], 256)
+    assert merged == [ev(128, 1.0), ev(256, 2.0)]
+
+
+def test_background_evaluation_needs_a_spare_core_and_several_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlpipe.config import SessionConfig
+    from rlpipe.trainer import session as trainer_session
+
+    def session(**fields: object) -> SessionConfig:
+        base = {"name": "s", "env": "Hopper-v5", "timesteps": 300_000, "eval": {"every_steps": 20_000}}
+        return SessionConfig.model_validate({**base, **fields})
+
+    monkeypatch.setattr(trainer_session.os, "cpu_count", lambda: 2)
+    assert trainer_session.background_eval_for(session())  # PPO: one torch thread, DummyVecEnv on 2 cores
+    assert trainer_session.background_eval_for(session(algorithm="sac"))
+    assert not trainer_session.background_eval_for(session(timesteps=40_000))  # one evaluation before the end
+    assert not trainer_session.background_eval_for(session(eval={"every_steps": 20_000, "background": False}))
+    assert not trainer_session.background_eval_for(session(torch_threads=2))  # training takes both cores
+    monkeypatch.setattr(trainer_session.os, "cpu_count", lambda: 4)
+    assert not trainer_session.background_eval_for(session(n_envs=4))  # four env processes and the learner
+    assert trainer_session.background_eval_for(session(n_envs=2))
+    monkeypatch.setattr(trainer_session.os, "cpu_count", lambda: 1)
+    assert not trainer_session.background_eval_for(session())
+    assert trainer_session.background_eval_for(session(eval={"every_steps": 20_000, "background": True}))

@@ -18,6 +18,7 @@ from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from rlpipe.contract import metric_line
 from rlpipe.state import utcnow
+from rlpipe.trainer.eval_worker import BackgroundEvaluator, Outcome, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,15 @@ class EveryStepsCallback(BaseCallback):
 
 
 class Evaluator(EveryStepsCallback):
-    """Evaluates every ``every_steps`` on a separate env with frozen normalisation; prints a metric line."""
+    """Evaluates every ``every_steps`` on a separate env with frozen normalisation; prints a metric line.
+
+    With a :class:`BackgroundEvaluator` the periodic evaluations run in its worker process: the callback only
+    hands over a snapshot and records results as they come back (at the latest in :meth:`drain`).
+    """
 
     def __init__(self, eval_env: VecEnv, every_steps: int, episodes: int, session: str, global_offset: int,
                  history: list[dict[str, Any]], on_eval: Callable[[], None], fps: Callable[[], float],
-                 seed: int) -> None:
+                 seed: int, background: BackgroundEvaluator | None = None) -> None:
         super().__init__(every_steps)
         self.eval_env = eval_env
         self.episodes = episodes
@@ -104,32 +109,75 @@ class Evaluator(EveryStepsCallback):
         self.on_eval = on_eval
         self.fps = fps
         self.seed = seed
+        self.background = background
         self._clock = time.perf_counter()
+        self._submitted_at: dict[int, float] = {}
+
+    def _seed_for(self, steps: int) -> int:
+        # Reseeded per evaluation so results do not depend on how many evaluations ran before (resume).
+        return self.seed + steps
 
     def fire(self) -> None:
         self.evaluate()
 
-    def evaluate(self) -> dict[str, Any]:
-        """Run one evaluation now and record it."""
+    def _on_step(self) -> bool:
+        keep_going = super()._on_step()
+        if self.background is not None and self.background.pending:
+            self._take(self.background.collect(0))
+        return keep_going
+
+    def evaluate(self) -> None:
+        """Evaluate the policy as it is now: in the background worker when there is one, else right here."""
+        steps = int(self.model.num_timesteps)
+        if self.background is not None:
+            self._submitted_at[steps] = time.perf_counter()
+            self.background.submit(snapshot(self.model, self.model.get_env(), self._seed_for(steps)))
+            return
         train_env = self.model.get_env()
         if train_env is not None:
             sync_envs_normalization(train_env, self.eval_env)
-        # Reseed per evaluation so results do not depend on how many evaluations ran before (resume).
-        self.eval_env.seed(self.seed + self.model.num_timesteps)
+        self.eval_env.seed(self._seed_for(steps))
         mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.episodes, deterministic=True,
                                     warn=False)
-        steps = self.model.num_timesteps
+        self.record(steps, float(mean), float(std), time.perf_counter())
+
+    def drain(self, timeout: float | None) -> None:
+        """Record the background evaluations still running, waiting up to ``timeout`` seconds (``None``: as
+        long as the worker lives); what does not arrive in time is logged and dropped."""
+        if self.background is None or not self.background.pending:
+            return
+        try:
+            self._take(self.background.collect(timeout))
+        except RuntimeError as exc:
+            log.warning("session %s: %s; evaluating in this process from now on", self.session, exc)
+            self.background = None
+            return
+        if self.background.pending:
+            log.warning("session %s: %d background evaluation(s) not finished within %s s; not recorded",
+                        self.session, self.background.pending, timeout)
+
+    def _take(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                log.warning("session %s: background evaluation at %d steps failed; evaluating in this process "
+                            "from now on:\n%s", self.session, outcome.timesteps, outcome.error)
+                self.background = None
+                continue
+            self.record(outcome.timesteps, outcome.mean_reward, outcome.std_reward,
+                        self._submitted_at.pop(outcome.timesteps, time.perf_counter()))
+
+    def record(self, steps: int, mean: float, std: float, taken_at: float) -> dict[str, Any]:
+        """Record one evaluation of the policy at ``steps``: history, TensorBoard, metric line, metrics file."""
         entry = {"timesteps": steps, "global_timesteps": self.global_offset + steps,
-                 "mean_reward": float(mean), "std_reward": float(std),
-                 "wall_seconds": round(time.perf_counter() - self._clock, 3)}
+                 "mean_reward": mean, "std_reward": std, "wall_seconds": round(taken_at - self._clock, 3)}
         self.history[:] = [h for h in self.history if h["timesteps"] != steps] + [entry]
         best = max(h["mean_reward"] for h in self.history)
         if getattr(self.model, "_logger", None) is not None:  # absent when no learn() ran in this process
-            self.logger.record("eval/mean_reward", float(mean))
-            self.logger.record("eval/std_reward", float(std))
+            self.logger.record("eval/mean_reward", mean)
+            self.logger.record("eval/std_reward", std)
             self.logger.dump(steps)
         print(metric_line(self.session, timesteps=steps, global_timesteps=self.global_offset + steps,
-                          eval_mean_reward=float(mean), eval_std_reward=float(std), best_eval_reward=float(best),
+                          eval_mean_reward=mean, eval_std_reward=std, best_eval_reward=float(best),
                           fps=round(self.fps(), 1)), flush=True)
         self.on_eval()
         return entry

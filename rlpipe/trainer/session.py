@@ -39,6 +39,7 @@ from rlpipe.state import utcnow
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
 from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
+from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation episodes apart from training ep
 # Evaluation episodes run side by side in one DummyVecEnv so the policy is queried in batches: about twice
 # as fast as one env at a time for 5 episodes (bench/RESULTS.md).
 MAX_EVAL_ENVS = 8
+# On a stop (SIGTERM, Ctrl-C) background evaluations get this long before the checkpoint is written;
+# SageMaker allows 120 s between SIGTERM and SIGKILL.
+STOP_DRAIN_SECONDS = 20.0
 TORCH_DEFAULT_THREADS = torch.get_num_threads()  # before any session changes it (the runner is in-process)
 HANDOFF_ORDER = ("policy", "optimizer", "vecnormalize", "replay_buffer", "num_timesteps")
 
@@ -74,10 +78,34 @@ def torch_threads_for(session: SessionConfig) -> int:
 
 def choose_vec_env(session: SessionConfig) -> type[VecEnv]:
     """DummyVecEnv on small machines (process overhead outweighs parallel stepping on <= 2 cores)."""
-    if session.vec_env == "subproc" or (session.vec_env == "auto" and (os.cpu_count() or 1) > 2
-                                        and (session.n_envs or 1) > 2):
+    if (session.n_envs or 1) > 1 and (
+            session.vec_env == "subproc" or (session.vec_env == "auto" and (os.cpu_count() or 1) > 2
+                                             and (session.n_envs or 1) > 2)):
         return SubprocVecEnv
     return DummyVecEnv
+
+
+def background_eval_for(session: SessionConfig) -> bool:
+    """Whether periodic evaluations run in a worker process: the session's own setting, else when a core is
+    left over by training and the session evaluates at least twice before its end (the worker's start, about
+    2 s of one core, costs more than fewer evaluations take off the training loop)."""
+    if session.eval.background is not None:
+        return session.eval.background
+    busy = torch_threads_for(session)
+    if choose_vec_env(session) is SubprocVecEnv:
+        busy += session.n_envs or 1
+    evaluations_before_end = (session.timesteps - 1) // session.eval.every_steps
+    return (os.cpu_count() or 1) > busy and evaluations_before_end >= 2
+
+
+def evaluations_up_to(checkpointed: list[dict[str, Any]], recorded: list[dict[str, Any]],
+                      timesteps: int) -> list[dict[str, Any]]:
+    """A checkpoint's evaluations plus those recorded after it was written (background evaluations finish
+    after the checkpoint of their step), from the newest ``metrics.json``; evaluations of later steps are
+    dropped: those steps are trained again."""
+    by_step = {h["timesteps"]: h for h in recorded if h["timesteps"] <= timesteps}
+    by_step.update({h["timesteps"]: h for h in checkpointed})
+    return [by_step[k] for k in sorted(by_step)]
 
 
 class SessionTrainer:
@@ -110,7 +138,7 @@ class SessionTrainer:
     def _make_env(self, n_envs: int, seed: int, vec_env_cls: type[VecEnv] | None = None) -> VecEnv:
         s = self.session
         env = make_vec_env(s.env, n_envs=n_envs, seed=seed, env_kwargs=dict(s.env_kwargs),
-                           vec_env_cls=vec_env_cls or (choose_vec_env(s) if n_envs > 1 else DummyVecEnv))
+                           vec_env_cls=vec_env_cls or choose_vec_env(s))
         self._open_envs.append(env)
         return env
 
@@ -188,7 +216,8 @@ class SessionTrainer:
             if self.off_policy and rb is not None:
                 model.load_replay_buffer(str(rb))
             meta = ckpt.meta
-            self.history = list(meta.get("evaluations", []))
+            self.history = evaluations_up_to(list(meta.get("evaluations", [])), self._recorded_evaluations(),
+                                             ckpt.timesteps)
             self.carried, self.reset, self.notes = (list(meta.get("carried", [])), list(meta.get("reset", [])),
                                                     list(meta.get("notes", [])))
             log.info("session %s: resuming from checkpoint %s (%d of %d steps)", s.name, ckpt.path.name,
@@ -206,16 +235,33 @@ class SessionTrainer:
             log.warning("session %s: %s", s.name, note)
         return model, env, ckpt
 
+    def _recorded_evaluations(self) -> list[dict[str, Any]]:
+        try:
+            return list(read_json(self.paths.checkpoints / B.METRICS).get("evaluations", []))
+        except (OSError, ValueError, AttributeError):
+            return []  # none yet, or unreadable: the checkpoint's own list stands
+
+    def _background_evaluator(self, model: BaseAlgorithm, env: VecEnv) -> BackgroundEvaluator | None:
+        s = self.session
+        if not background_eval_for(s):
+            return None
+        norm = env if isinstance(env, VecNormalize) else None
+        spec = EvalEnvSpec(s.env, dict(s.env_kwargs), min(s.eval.episodes, MAX_EVAL_ENVS), s.eval.episodes,
+                           normalize=norm is not None, clip_obs=norm.clip_obs if norm else 10.0,
+                           epsilon=norm.epsilon if norm else 1e-8)
+        return BackgroundEvaluator(spec, model)
+
     # -- outputs ------------------------------------------------------------------------------------------
     def _metrics(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> dict[str, Any]:
         self.carried.sort(key=HANDOFF_ORDER.index)
         self.reset.sort(key=HANDOFF_ORDER.index)
-        rewards = [h["mean_reward"] for h in self.history]
+        evaluations = sorted(self.history, key=lambda h: h["timesteps"])
+        rewards = [h["mean_reward"] for h in evaluations]
         return {
             "session": self.session.name, "env": self.session.env, "algorithm": self.session.algorithm,
             "global_timestep_offset": self.global_offset, "timesteps": int(model.num_timesteps),
             "timesteps_budget": self.session.timesteps,
-            "evaluations": sorted(self.history, key=lambda h: h["timesteps"]),
+            "evaluations": evaluations,
             "best_eval_reward": max(rewards) if rewards else None,
             "final_eval_reward": rewards[-1] if rewards and ended else None,
             "timing": {"started_at": self.started_at,
@@ -285,6 +331,7 @@ class SessionTrainer:
         """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
         s = self.session
         torch.set_num_threads(torch_threads_for(s))
+        background: BackgroundEvaluator | None = None
         try:
             model, env, ckpt = self._prepare()
             resumed_from = ckpt.timesteps if ckpt else None
@@ -294,13 +341,16 @@ class SessionTrainer:
             if isinstance(eval_env, VecNormalize):
                 eval_env.training = False
                 eval_env.norm_reward = False
+            background = self._background_evaluator(model, env)
             budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
             evaluator = Evaluator(eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
                                   self.history, fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET,
-                                  on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)))
+                                  on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)),
+                                  background=background)
             checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
             if self.warm_started and not self.stop.is_set():
-                # Step 0 of a warm start: how well the transferred policy does on the new task before training.
+                # Step 0 of a warm start: how well the transferred policy does on the new task before training
+                # (in the background worker, when there is one, so training starts at once).
                 evaluator.init_callback(model)
                 clock = time.perf_counter()
                 evaluator.evaluate()
@@ -311,18 +361,23 @@ class SessionTrainer:
                             reset_num_timesteps=ckpt is None, tb_log_name=s.name, progress_bar=False)
             steps = int(model.num_timesteps)
             if steps < s.timesteps:
+                evaluator.drain(STOP_DRAIN_SECONDS)
                 self._checkpoint(model, env)
                 self._write_metrics(self._metrics(model, budget_cb, False))
                 log.info("session %s: stopped at %d of %d steps; checkpoint saved", s.name, steps, s.timesteps)
                 return SessionResult("interrupted", steps, resumed_from)
-            if not self.history or self.history[-1]["timesteps"] != steps:
-                evaluator.init_callback(model)
+            evaluator.init_callback(model)
+            evaluator.drain(None)
+            if not any(h["timesteps"] == steps for h in self.history):
                 evaluator.evaluate()
+                evaluator.drain(None)
             metrics = self._metrics(model, budget_cb, True)
             self._write_bundle(model, env, metrics)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
             return SessionResult("completed", steps, resumed_from, metrics)
         finally:
+            if background is not None:
+                background.close()
             for opened in self._open_envs:
                 opened.close()
             self._open_envs.clear()
