@@ -351,7 +351,7 @@ def bundled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_assets_hold_the_handler_and_the_core_but_no_training_code(bundled: dict[str, Any]) -> None:
     for name, logical in bundled["ids"]["functions"].items():
         root = bundled["assets"][logical]
-        assert (root / "handler.py").is_file() and (root / "rlpipe" / "cloud" / "steps.py").is_file()
+        assert (root / "handler.py").is_file() and (root / "rlpipe" / "cloud" / "steps" / "__init__.py").is_file()
         assert (root / "rlpipe" / "data" / "env_catalog.json").is_file()
         assert not (root / "rlpipe" / "trainer").exists() and not (root / "rlpipe" / "envs").exists()
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from rlpipe.cloud import steps
+from rlpipe.cloud import jobs, steps
 from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import RunKeys, RunStore, execution_key
 from rlpipe.config import parse_pipeline
@@ -433,8 +433,6 @@ def test_close_job_stops_even_if_the_keep_alive_update_is_refused(aws: dict[str,
         raise RuntimeError("An error occurred (ValidationException): not allowed for an InProgress job")
 
     sm.update_training_job = refuse  # type: ignore[method-assign]
-    from rlpipe.cloud import jobs
-
     assert jobs.close_job(sm, "rlpipe-x") is True and sm.stops == ["rlpipe-x"]
 
 
@@ -561,7 +559,7 @@ def test_attempts_add_up_and_wall_time_is_the_last_attempts(aws: dict[str, Any],
     steps.record_session({"run_id": run_id, "index": 0, "try": 1, "job_name": second}, ctx)
     st = ctx.run_store(run_id).load_state().sessions[0]
     assert (st.billable_seconds, st.training_seconds, st.wall_seconds) == (700, 720, 600)
-    one = steps.jobs.session_cost(st.model_copy(update={"billable_seconds": 600.0}), "ml.c5.xlarge", 1)
+    one = jobs.session_cost(st.model_copy(update={"billable_seconds": 600.0}), "ml.c5.xlarge", 1)
     assert st.cost_usd is not None and one is not None and st.cost_usd > one
 
 

@@ -1,0 +1,111 @@
+"""What every step shares: its :class:`Context`, the per-container caches, the errors a caller sees, SNS subjects.
+
+Errors a caller should see are raised as :class:`InvalidInput` (bad execution input: nothing was created)
+or :class:`RunConflict`; Step Functions names the error after the exception class.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rlpipe.cloud.pacing import Timing
+from rlpipe.cloud.requests import StackSettings
+from rlpipe.cloud.store import RunStore, S3Store
+from rlpipe.config import PipelineConfig
+
+# SNS: a Subject is ASCII without line breaks and shorter than 100 characters.
+SUBJECT_MAX = 99
+
+
+class InvalidInput(Exception):
+    """The execution input cannot start a run; nothing was created."""
+
+
+class RunConflict(Exception):
+    """The run is being driven by another execution."""
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def client(service: str) -> Any:
+    """A cached boto3 client (created once per Lambda container)."""
+    if service not in _CLIENTS:
+        import boto3
+
+        _CLIENTS[service] = boto3.client(service)
+    return _CLIENTS[service]
+
+
+def reset_clients() -> None:
+    """Forget cached clients and documents (tests start a fresh mocked AWS)."""
+    _CLIENTS.clear()
+    _PIPELINES.clear()
+
+
+@dataclass
+class Context:
+    """What a step needs from its environment."""
+
+    settings: StackSettings
+    timing: Timing
+    s3: Any
+    sagemaker: Any
+    sns: Any = None
+    topic_arn: str | None = None
+    default_pipeline_key: str | None = None
+    region: str | None = None
+    stepfunctions: Any = None
+
+    @classmethod
+    def from_env(cls) -> Context:
+        """Settings from ``RLPIPE_*`` variables, boto3 clients from the runtime's credentials."""
+        topic = os.environ.get("RLPIPE_TOPIC_ARN") or None
+        return cls(settings=StackSettings.from_env(), timing=Timing.from_env(), s3=client("s3"),
+                   sagemaker=client("sagemaker"), sns=client("sns") if topic else None, topic_arn=topic,
+                   default_pipeline_key=os.environ.get("RLPIPE_DEFAULT_PIPELINE_KEY") or None,
+                   region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+
+    def sfn(self) -> Any:
+        """The Step Functions client (created on first use: only StartRun needs it)."""
+        if self.stepfunctions is None:
+            self.stepfunctions = client("stepfunctions")
+        return self.stepfunctions
+
+    def publish(self, subject: str, message: str) -> bool:
+        """Publish to the alert topic; False when this step has no topic configured."""
+        if self.sns is None or not self.topic_arn:
+            return False
+        self.sns.publish(TopicArn=self.topic_arn, Subject=sns_subject(subject), Message=message)
+        return True
+
+    def run_store(self, run_id: str) -> RunStore:
+        return RunStore(self.s3, self.settings.bucket, run_id)
+
+    @property
+    def store(self) -> S3Store:
+        return S3Store(self.s3, self.settings.bucket)
+
+
+def sns_subject(text: str) -> str:
+    """``text`` as an SNS Subject: printable ASCII on one line, at most ``SUBJECT_MAX`` characters."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    return clean[:SUBJECT_MAX].rstrip() or "rlpipe"
+
+
+_PIPELINES: dict[tuple[str, str], PipelineConfig] = {}
+
+
+def load_pipeline(store: RunStore) -> PipelineConfig:
+    """The run's resolved pipeline (written once at start, never changed: cached per Lambda container).
+
+    Validated at start; re-reading the resolved form skips the env checks (they need no repeating).
+    """
+    key = (store.bucket, store.run_id)
+    if key not in _PIPELINES:
+        if len(_PIPELINES) > 16:
+            _PIPELINES.clear()
+        _PIPELINES[key] = PipelineConfig.model_validate(store.get_json(store.keys.pipeline))
+    return _PIPELINES[key]

@@ -1,0 +1,209 @@
+"""The end of a run: FinishRun, FailRun (the failure path) and the cleanup of executions that ended abnormally."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from rlpipe.cloud import jobs, naming
+from rlpipe.cloud.steps.context import Context, load_pipeline, sns_subject
+from rlpipe.cloud.steps.pools import release_run_pools
+from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report
+from rlpipe.cloud.steps.training_jobs import close_active_job
+from rlpipe.cloud.store import execution_key
+from rlpipe.state import RunState, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def _finalize(ctx: Context, execution: str | None, **fields: Any) -> None:
+    if not execution:
+        return
+    key = execution_key(execution)
+    record = ctx.store.get_json_or_none(key) or {"execution": execution}
+    record.update(fields, finalized=True, finalized_at=utcnow())
+    ctx.store.put_json(key, record)
+
+
+def _record(ctx: Context, execution: str | None) -> dict[str, Any]:
+    return (ctx.store.get_json_or_none(execution_key(execution)) if execution else None) or {}
+
+
+def finish_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """After the last session: mark the run succeeded, release pools, write the report.
+
+    Event: ``{"run_id", "execution", "execution_arn"}``. Returns ``{"subject", "message", "report"}`` for the
+    SNS notification the state machine publishes (if that publish fails, the execution fails and the cleanup
+    Lambda sends the summary: the record is not marked ``notified`` here).
+    """
+    store = ctx.run_store(event["run_id"])
+    state = store.load_state()
+    pending = [s.name for s in state.sessions if s.status != "completed"]
+    if pending:
+        state.finish("failed", f"sessions not completed: {', '.join(pending)}")
+    elif state.status != "succeeded":
+        state.finish("succeeded")
+    release_run_pools(ctx, state)
+    store.save_state(state)
+    report = write_report(ctx, store, state)
+    links = console_links(ctx, state.run_id, event.get("execution_arn"))
+    subject, message = summary_message(report, links)
+    _finalize(ctx, event.get("execution"), run_id=state.run_id, status=state.status)
+    return {"subject": subject, "message": message, "report": links["report"], "status": state.status}
+
+
+def readable_error(error: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(error name, cause) from a Catch's ``{"Error", "Cause"}``; a Lambda's JSON cause becomes its message."""
+    error = error or {}
+    name = str(error.get("Error") or "RunFailed")
+    cause = str(error.get("Cause") or "")
+    try:
+        parsed = json.loads(cause)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("errorMessage"):
+        name = str(parsed.get("errorType") or name)
+        cause = str(parsed["errorMessage"])
+    if name.startswith("States."):  # reserved: a Fail state may not raise a "States." error itself
+        name = "RunFailed." + name
+    return name, cause or name
+
+
+def _run_id_of(ctx: Context, payload: Mapping[str, Any], execution: str | None) -> str | None:
+    run = payload.get("run") if isinstance(payload.get("run"), Mapping) else None
+    if run and run.get("run_id"):
+        return str(run["run_id"])
+    return _record(ctx, execution).get("run_id")
+
+
+def _close_run(ctx: Context, run_id: str, status: str, cause: str) -> tuple[RunState, dict[str, Any]]:
+    """Stop the active job (keep-alive dropped first), mark the session and run, release pools, write the
+    (partial) report."""
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    close_active_job(ctx, state)
+    for st in state.sessions:
+        if st.status == "running":
+            st.status = "interrupted" if status == "interrupted" else "failed"
+            st.error = st.error or cause
+            st.ended_at = st.ended_at or utcnow()
+    if state.status not in ("failed", "interrupted", "succeeded"):  # every session done stays a success
+        state.finish(status, cause)  # type: ignore[arg-type]
+    release_run_pools(ctx, state)
+    store.save_state(state)
+    return state, write_report(ctx, store, state)
+
+
+def _no_run_message(ctx: Context, execution: str | None, execution_arn: str | None, ended: str, text: str
+                    ) -> tuple[str, str]:
+    """Subject and body for an execution that ended before it started a run (names go in the body)."""
+    message = f"Execution {execution} {ended} before a run started.\n\n{text}\n\nNo training job was started."
+    links = console_links(ctx, "-", execution_arn)
+    if links.get("execution"):
+        message += f"\nExecution: {links['execution']}"
+    return sns_subject(f"rlpipe: an execution {ended} before a run started"), message
+
+
+def fail_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """The state machine's failure path: stop the job, release pools, partial report, and the alert.
+
+    Event: ``{"state": <the state's payload>, "execution", "execution_arn"}``, the payload holding the error
+    either in ``error`` (a Catch) or in ``cursor.error`` (a failed training job). Publishes the alert itself
+    and marks the execution ``notified`` only once that succeeded: if the publish fails, or this step fails
+    before it (the execution then ends through ``FailureHandlingFailed``), the cleanup Lambda, seeing no
+    ``notified`` when the FAILED execution is reported, closes the run and alerts. Returns ``{"error",
+    "cause", "subject", "message"}``: the Fail state's Error and Cause, and the alert.
+    """
+    payload = event.get("state") or {}
+    execution = event.get("execution")
+    error_doc = payload.get("error") or (payload.get("cursor") or {}).get("error")
+    name, cause = readable_error(error_doc)
+    run_id = _run_id_of(ctx, payload, execution)
+    if run_id and ctx.run_store(run_id).exists_run():
+        state, report = _close_run(ctx, run_id, "failed", cause)
+        subject, message = summary_message(report, console_links(ctx, run_id, event.get("execution_arn")))
+    else:
+        subject, message = _no_run_message(ctx, execution, event.get("execution_arn"), "failed", f"{name}: {cause}")
+    notified = bool(_record(ctx, execution).get("notified"))  # a retry of this step after its publish
+    if not notified:
+        try:
+            notified = ctx.publish(subject, message)
+        except Exception as err:  # the Fail state still gets the real cause; the cleanup Lambda alerts
+            log.error("failure alert not sent (the cleanup Lambda will send it): %s", err)
+    _finalize(ctx, execution, run_id=run_id, status="failed", error=name, notified=notified)
+    return {"error": name[:256], "cause": cause[:32000], "subject": subject, "message": message}
+
+
+_EVENT_STATUS = {"ABORTED": "interrupted", "TIMED_OUT": "failed", "FAILED": "failed"}
+
+
+def _jobs_of_execution(ctx: Context, run_id: str, execution: str) -> set[str]:
+    """Names of the jobs ``execution`` created in ``run_id`` (from the attempt numbers it was handed)."""
+    store = ctx.run_store(run_id)
+    attempts = store.get_json_or_none(store.keys.attempts) or {}
+    names = [s.name for s in load_pipeline(store).sessions]
+    return {naming.job_name(ctx.settings.job_prefix, run_id, int(index), names[int(index)], int(attempt))
+            for index, given in attempts.items() for key, attempt in given.items()
+            if key.rsplit("#", 1)[0] == execution}
+
+
+def _clean_up_after_takeover(ctx: Context, run_id: str, execution: str) -> dict[str, Any]:
+    """``execution`` no longer owns ``run_id``: touch only its own jobs (stop, release), not the run."""
+    mine = _jobs_of_execution(ctx, run_id, execution)
+    for job_name in sorted(mine):
+        jobs.close_job(ctx.sagemaker, job_name)
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    released = release_run_pools(ctx, state, only=mine)
+    if released:
+        store.save_state(state)
+    log.info("execution %s no longer drives run %s: released %s", execution, run_id, released or "nothing")
+    return {"action": "released", "execution": execution, "run_id": run_id, "released": released}
+
+
+def cleanup_execution(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """EventBridge target for executions that FAILED, TIMED_OUT or were ABORTED.
+
+    Nothing stops a SageMaker job when an execution ends abnormally, so: stop the run's job, release its
+    pools, write the partial report and alert, unless the state machine's own failure path already did all
+    that and sent its alert (a FAILED execution whose record says ``notified``). A run that had already
+    succeeded (the execution ended abnormally while notifying) keeps its status; its pools are released and
+    the summary is sent. A run that a newer execution has taken over is left alone but for the jobs this
+    execution created.
+    """
+    detail = event.get("detail") or {}
+    execution, status = detail.get("name"), str(detail.get("status", "FAILED"))
+    record = _record(ctx, execution)
+    if record.get("cleaned_up") or (record.get("notified") and status == "FAILED"):
+        log.info("execution %s: its end was handled already", execution)
+        return {"action": "none", "execution": execution}
+    run_id = record.get("run_id")
+    cause = f"execution {execution} {status}"
+    if detail.get("cause") or detail.get("error"):
+        cause += f": {detail.get('error') or ''} {detail.get('cause') or ''}".rstrip()
+    links = console_links(ctx, run_id or "-", detail.get("executionArn"))
+    if run_id and execution and ctx.run_store(run_id).exists_run():
+        store = ctx.run_store(run_id)
+        owner = (store.get_json_or_none(store.keys.owner) or {}).get("execution")
+        if owner not in (None, execution):
+            out = _clean_up_after_takeover(ctx, run_id, execution)
+            _finalize(ctx, execution, cleaned_up=True, status=status.lower())
+            return out
+        if store.load_state().status == "succeeded":
+            state = store.load_state()
+            release_run_pools(ctx, state)
+            store.save_state(state)
+            report = write_report(ctx, store, state)
+        else:
+            _, report = _close_run(ctx, run_id, _EVENT_STATUS.get(status, "failed"), cause)
+        subject, message = summary_message(report, links)
+        message = f"The execution {execution} ended as {status}.\n\n" + message
+    else:
+        subject, message = _no_run_message(ctx, execution, detail.get("executionArn"), status.lower().replace("_", " "),
+                                           cause)
+    notified = ctx.publish(subject, message)
+    _finalize(ctx, execution, run_id=run_id, status="failed" if status == "FAILED" else status.lower(),
+              cleaned_up=True, notified=notified)  # EventBridge delivers at least once
+    return {"action": "cleaned", "execution": execution, "run_id": run_id}

@@ -1,0 +1,117 @@
+"""RecordSession: a finished job's outcome, metrics and cost in the run's state, and the next cursor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from rlpipe.cloud import jobs
+from rlpipe.cloud.steps.context import Context, load_pipeline
+from rlpipe.cloud.steps.loop import cursor
+from rlpipe.cloud.steps.pools import release_pool
+from rlpipe.cloud.steps.training_jobs import describe_job
+from rlpipe.config import PipelineConfig
+from rlpipe.plan import build_plan
+from rlpipe.state import RunState, SessionState, seconds_between, transition_seconds, utcnow
+
+log = logging.getLogger(__name__)
+
+# SageMaker reports capacity shortages as a failed job; a later attempt (a new job) may get capacity.
+CAPACITY_MARKERS = ("CapacityError", "InsufficientCapacity", "insufficient capacity")
+
+
+def _apply_metrics(st: SessionState, metrics: Mapping[str, Any] | None) -> float | None:
+    """Copy the trainer's metrics.json into the session; returns its transfer-evaluation seconds."""
+    if not metrics:
+        return None
+    timing = metrics.get("timing") or {}
+    if metrics.get("timesteps") is not None:
+        st.timesteps = int(metrics["timesteps"])
+    st.final_eval_reward = metrics.get("final_eval_reward", st.final_eval_reward)
+    st.best_eval_reward = metrics.get("best_eval_reward", st.best_eval_reward)
+    st.first_step_at = st.first_step_at or timing.get("first_step_at")
+    if timing.get("wall_seconds") is not None:
+        st.wall_seconds = float(timing["wall_seconds"])
+    if timing.get("ended_at"):
+        st.ended_at = timing["ended_at"]
+    if "carried" in metrics:
+        st.carried, st.reset = list(metrics.get("carried") or []), list(metrics.get("reset") or [])
+    return timing.get("transfer_eval_seconds")
+
+
+def _account(ledger: dict[str, Any], pipeline: PipelineConfig, state: RunState, index: int, job_name: str,
+             job: Mapping[str, Any]) -> None:
+    compute = pipeline.sessions[index].compute
+    jobs.account_job(ledger, index, state.sessions[index], job_name, job, spot=compute.spot,
+                     instance_type=compute.instance_type, instance_count=compute.instance_count)
+
+
+def _check_previous_pool(ctx: Context, state: RunState, index: int, pipeline: PipelineConfig,
+                         ledger: dict[str, Any]) -> None:
+    """After session ``index`` ran: did it reuse the previous job's pool? Release that pool if it still idles."""
+    if index == 0:
+        return
+    prev, st = state.sessions[index - 1], state.sessions[index]
+    if not prev.job_name:
+        return
+    job = describe_job(ctx, prev.job_name)
+    if not job:
+        return
+    pool = job.get("WarmPoolStatus") or {}
+    st.reused_previous_pool = pool.get("ReusedByJob") == st.job_name
+    _account(ledger, pipeline, state, index - 1, prev.job_name, job)  # the pool's idle time is billed by now
+    if pool.get("Status") == "Available" and release_pool(ctx, prev.job_name):  # not taken: stop paying now
+        prev.warm_pool_status = "Terminated"
+
+
+def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """Record a finished job in the run's state and hand the bundle on; returns the next cursor.
+
+    Event: ``{"run_id", "index", "try", "job_name"}``. The cursor's ``outcome`` is ``next`` (go on; ``done``
+    when no session is left), ``retry`` (capacity shortage: a new attempt after a pause) or ``failed``
+    (``error`` says why; the state machine then runs the failure path).
+    """
+    store = ctx.run_store(event["run_id"])
+    index, job_name, attempt_try = int(event["index"]), str(event["job_name"]), int(event.get("try", 0))
+    state = store.load_state()
+    pipeline = load_pipeline(store)
+    plan = build_plan(pipeline)
+    st = state.sessions[index]
+    job = describe_job(ctx, job_name) or {}
+    status = job.get("TrainingJobStatus", "Missing")
+    st.job_name = job_name
+    ledger = store.get_json_or_none(store.keys.jobs) or {}
+    _account(ledger, pipeline, state, index, job_name, job)
+    transfer_eval = _apply_metrics(st, store.read_metrics(st.name))
+    st.ended_at = st.ended_at or jobs.iso(job.get("TrainingEndTime")) or utcnow()
+    if st.wall_seconds is None:  # reset per attempt by prepare_session
+        st.wall_seconds = seconds_between(jobs.iso(job.get("TrainingStartTime")), jobs.iso(job.get("TrainingEndTime")))
+    _check_previous_pool(ctx, state, index, pipeline, ledger)
+    store.put_json(store.keys.jobs, ledger)
+    prev = state.sessions[index - 1] if index else None
+    if prev is not None and st.transition_seconds is None:
+        st.transition_seconds = transition_seconds(prev.ended_at, st.first_step_at, transfer_eval)
+
+    if status == "Completed":
+        st.status, st.error = "completed", None
+        st.bundle = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        store.save_state(state)
+        nxt = state.next_index()
+        pool = jobs.pool_status(job)
+        wait = bool(nxt is not None and plan.sessions[index].keep_alive_seconds > 0
+                    and pool not in ("Available", "Terminated", "Reused"))
+        log.info("session %s completed (job %s, pool %s); next: %s", st.name, job_name, pool, nxt)
+        return cursor(state, nxt, wait_for_pool=wait, pool_polls_left=ctx.timing.pool_max_polls if wait else 0)
+
+    reason = jobs.failure_reason(job, job_name)
+    st.status, st.error = "failed", reason
+    capacity = any(m in reason for m in CAPACITY_MARKERS)
+    if capacity and attempt_try + 1 < ctx.timing.max_attempts:
+        store.save_state(state)
+        log.warning("session %s: no capacity (%s); retrying with a new job", st.name, reason)
+        return cursor(state, index, attempt_try=attempt_try + 1, outcome="retry")
+    store.save_state(state)
+    error = {"Error": "TrainingJobStopped" if status == "Stopped" else "TrainingJobFailed",
+             "Cause": f"session '{st.name}' failed: job {job_name} {status}: {reason}"}
+    return cursor(state, index, attempt_try=attempt_try, outcome="failed", error=error)

@@ -1,0 +1,79 @@
+"""The run's report in S3 and the alert that sums it up (subject, body, console links)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from rlpipe.cloud.steps.context import Context, sns_subject
+from rlpipe.cloud.store import RunKeys, RunStore
+from rlpipe.state import RunState
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_ROWS = 40  # sessions listed in the alert e-mail; the report has them all
+
+
+def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, Any]:
+    """Build the report with the same code as the local runner and write report.json/.md/.html (+ PNG)."""
+    from rlpipe.report import build_report, render_html, render_markdown
+
+    metrics = {s.name: (store.read_metrics(s.name) if s.job_name else None) for s in state.sessions}
+    report = build_report(state, metrics)
+    png: bytes | None = None
+    try:
+        from rlpipe.report import learning_curve_png
+
+        png = learning_curve_png(report)
+    except Exception as err:  # the report must still come out without its plot
+        log.warning("learning curve not drawn: %s", err)
+    store.put_report("json", json.dumps(report, indent=1).encode())
+    if png:
+        store.put_report("png", png)
+    store.put_report("md", render_markdown(report, curve_image="learning_curve.png" if png else None).encode())
+    store.put_report("html", render_html(report, png).encode())
+    return report
+
+
+def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[str, str]:
+    """Links for the message: the report in the S3 console and the execution in the Step Functions console."""
+    region = ctx.region or "us-east-1"
+    key = RunKeys(run_id).report("html")
+    links = {"report": ctx.store.uri(key),
+             "report_console": f"https://{region}.console.aws.amazon.com/s3/object/{ctx.settings.bucket}"
+                               f"?region={region}&prefix={key}"}
+    if execution_arn:
+        links["execution"] = (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+                              f"#/v2/executions/details/{execution_arn}")
+    return links
+
+
+def summary_message(report: Mapping[str, Any], links: Mapping[str, str]) -> tuple[str, str]:
+    """(subject, body) of the e-mail: status, totals, a table of sessions (capped) and links."""
+    from rlpipe.report.render import failure_sentences, session_columns, summary_lines
+
+    status = str(report.get("status", "?")).upper()
+    done, total = report.get("sessions_completed", 0), report.get("sessions_total", 0)
+    cost = report.get("total_cost_usd")
+    cost_text = f", ${cost:.2f}" if isinstance(cost, (int, float)) else ""
+    subject = sns_subject(f"rlpipe {report.get('pipeline')}: {status} ({done}/{total} sessions{cost_text})")
+    lines = [f"Run {report.get('run_id')} {status}.", ""]
+    lines += [f"{label}: {value}" for label, value in summary_lines(report)]
+    failures = failure_sentences(report)
+    if failures:
+        lines += ["", "Failures:"]
+        lines += [f"  {sentence}" + (f"\n    {error}" if error else "") for sentence, error in failures]
+    wanted = ("Session", "Status", "Timesteps", "Final reward", "Job", "Billable s", "Reused pool",
+              "Pool idle s", "Cost")
+    columns = [(h, f) for h, f in session_columns(dict(report)) if h in wanted]
+    sessions = list(report.get("sessions") or [])
+    lines += ["", "Sessions:", "  " + " | ".join(h for h, _ in columns)]
+    lines += ["  " + " | ".join(f(s) for _, f in columns) for s in sessions[:_MESSAGE_ROWS]]
+    if len(sessions) > _MESSAGE_ROWS:
+        lines.append(f"  ... and {len(sessions) - _MESSAGE_ROWS} more sessions in the report")
+    lines += ["", f"Report: {links.get('report_console', links.get('report'))}", f"  ({links.get('report')})"]
+    if links.get("execution"):
+        lines.append(f"Execution: {links['execution']}")
+    return subject, "\n".join(lines)
