@@ -5,7 +5,7 @@ handlers, a SageMaker stand-in whose jobs finish at once). From each execution's
 transitions (every ``*StateEntered`` event is one billed transition) and Lambda invocations, for pipelines of
 several lengths and with more DescribeTrainingJob polls per job, which separates the fixed part, the part per
 session and the part per poll. The poll count of a real run follows from the state machine's own pacing
-(:class:`rlpipe.cloud.steps.Timing`) and the plan's time estimates; prices are list prices (below).
+(:class:`rlpipe.cloud.pacing.Timing`) and the plan's time estimates; prices are list prices (below).
 
 The same history gives the AWS side of a session transition: the job's end is seen at the next poll, the next
 job waits for the warm pool, then starts warm or cold (``rlpipe/data/prices.json``: ``startup_seconds``).
@@ -74,10 +74,8 @@ def count_history(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _timing_class() -> Any:
-    try:
-        from rlpipe.cloud.pacing import Timing
-    except ImportError:  # older layout
-        from rlpipe.cloud.steps import Timing  # type: ignore[no-redef]
+    from rlpipe.cloud.pacing import Timing
+
     return Timing
 
 

@@ -12,7 +12,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from cdk_nag import AwsSolutionsChecks
 
-from rlpipe.cloud.steps import Timing
+from rlpipe.cloud.pacing import Timing
 from stacks.orchestration import Orchestration
 from stacks.orchestration.state_machine import RetryPacing
 from stacks.settings import AppSettings

@@ -13,6 +13,7 @@ import pytest
 from moto import mock_aws
 
 from rlpipe.cloud import jobs, steps
+from rlpipe.cloud.pacing import HISTORY_EVENT_LIMIT, Timing, estimated_history_events
 from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import RunKeys, RunStore, execution_key
 from rlpipe.config import parse_pipeline
@@ -20,7 +21,7 @@ from rlpipe.state import RunState
 
 BUCKET = "rlpipe-bucket"
 DEFAULT_KEY = "configs/default/pipeline.json"
-FAST = steps.Timing(min_poll_seconds=0, max_poll_seconds=0, pool_poll_seconds=0, pool_max_polls=3,
+FAST = Timing(min_poll_seconds=0, max_poll_seconds=0, pool_poll_seconds=0, pool_max_polls=3,
                     retry_wait_seconds=0, max_attempts=3)
 
 
@@ -149,7 +150,7 @@ def test_start_is_idempotent(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> N
 
 def test_too_long_a_pipeline_is_refused_before_anything_runs(aws: dict[str, Any]) -> None:
     ctx = aws["ctx"]
-    ctx.timing = steps.Timing()  # real pacing
+    ctx.timing = Timing()  # real pacing
     raw = {"name": "huge", "defaults": {"algorithm": "ppo", "n_envs": 2},
            "sessions": [{"name": f"s{i}", "env": "rlpipe/HeightMaximize-v0", "timesteps": 40_000_000}
                         for i in range(100)]}
@@ -361,9 +362,9 @@ def test_cleanup_of_an_execution_that_never_started_a_run(aws: dict[str, Any]) -
 # ---- pacing ---------------------------------------------------------------------------------------------------
 
 def test_timing_from_env_and_growing_poll_interval() -> None:
-    t = steps.Timing.from_env({"RLPIPE_MIN_POLL_SECONDS": "5", "RLPIPE_POOL_MAX_POLLS": "7"})
-    assert (t.min_poll_seconds, t.pool_max_polls, t.max_poll_seconds) == (5, 7, steps.Timing.max_poll_seconds)
-    real = steps.Timing()  # 60 s doubling to 900 s: 60, 120, 240, 480, 900, 900, ...
+    t = Timing.from_env({"RLPIPE_MIN_POLL_SECONDS": "5", "RLPIPE_POOL_MAX_POLLS": "7"})
+    assert (t.min_poll_seconds, t.pool_max_polls, t.max_poll_seconds) == (5, 7, Timing.max_poll_seconds)
+    real = Timing()  # 60 s doubling to 900 s: 60, 120, 240, 480, 900, 900, ...
     assert real.poll() == {"seconds": 60, "max": 900, "double_up_to": 450}
     waits = [real.first_wait]
     for _ in range(5):
@@ -372,12 +373,12 @@ def test_timing_from_env_and_growing_poll_interval() -> None:
     assert real.polls_for(60) == (1, 1) and real.polls_for(1800) == (5, 4)
     # A job ten times longer than planned costs ten times fewer extra rounds than at a fixed first interval.
     assert real.polls_for(36_000)[0] == 4 + (36_000 - 900 + 899) // 900
-    assert steps.Timing(min_poll_seconds=0, max_poll_seconds=0).poll() == {"seconds": 0, "max": 0, "double_up_to": 0}
+    assert Timing(min_poll_seconds=0, max_poll_seconds=0).poll() == {"seconds": 0, "max": 0, "double_up_to": 0}
 
 
 def test_prepare_hands_the_loop_its_pacing(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
     ctx = aws["ctx"]
-    ctx.timing = steps.Timing(min_poll_seconds=30, max_poll_seconds=600)
+    ctx.timing = Timing(min_poll_seconds=30, max_poll_seconds=600)
     run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
     out = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "exec-1"}, ctx)
     assert out["poll"] == {"seconds": 30, "max": 600, "double_up_to": 300}
@@ -387,11 +388,11 @@ def test_prepare_hands_the_loop_its_pacing(aws: dict[str, Any], tiny_raw: dict[s
 def test_history_estimate_grows_with_sessions(tiny_raw: dict[str, Any]) -> None:
     from rlpipe.plan import build_plan
 
-    small = steps.estimated_history_events(build_plan(parse_pipeline(tiny_raw)), steps.Timing())
+    small = estimated_history_events(build_plan(parse_pipeline(tiny_raw)), Timing())
     raw = copy.deepcopy(tiny_raw)
     raw["sessions"] = [dict(raw["sessions"][0], name=f"s{i}") for i in range(100)]
-    big = steps.estimated_history_events(build_plan(parse_pipeline(raw)), steps.Timing())
-    assert 50 < small < big < steps.HISTORY_EVENT_LIMIT
+    big = estimated_history_events(build_plan(parse_pipeline(raw)), Timing())
+    assert 50 < small < big < HISTORY_EVENT_LIMIT
 
 
 def test_cleanup_keeps_a_succeeded_run_succeeded(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
@@ -494,7 +495,7 @@ def test_fail_run_alerts_once_and_the_cleanup_then_stays_quiet(aws: dict[str, An
 def test_check_pool_stops_waiting_when_no_pool_was_kept(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
     """Warm-pool quota 0: SageMaker keeps no pool and reports no WarmPoolStatus at all."""
     ctx = aws["ctx"]
-    ctx.timing = steps.Timing(pool_max_polls=40)
+    ctx.timing = Timing(pool_max_polls=40)
     run_id, job = _through_first_session(aws, tiny_raw, pool=None)
     cur = steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": job}, ctx)
     assert cur["wait_for_pool"] is True

@@ -220,30 +220,69 @@ def test_background_evaluation_records_what_in_process_evaluation_does(tmp_path:
     assert not multiprocessing.active_children()  # the worker is gone
 
 
-def test_background_worker_reports_a_failed_evaluation_and_stops(tmp_path: Path) -> None:
+def test_background_worker_reports_a_failed_evaluation_and_the_trainer_falls_back(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, Snapshot, snapshot
+    from rlpipe.trainer.callbacks import Evaluator
+    from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, Snapshot, make_eval_env, snapshot
 
+    spec = EvalEnvSpec("rlpipe/HeightMaximize-v0", {}, 1, 1, normalize=False, seed=0)
     env = make_vec_env("rlpipe/HeightMaximize-v0", n_envs=1)
     model = PPO("MlpPolicy", env, n_steps=64, seed=0, policy_kwargs={"net_arch": [8]})
-    worker = BackgroundEvaluator(EvalEnvSpec("rlpipe/HeightMaximize-v0", {}, 1, 1, normalize=False,
-                                             clip_obs=10.0, epsilon=1e-8), model)
+    worker = BackgroundEvaluator(spec, model)
+    history: list[dict] = []
+    evaluator = Evaluator(lambda: make_eval_env(spec), 64, 1, "s", 0, history, on_eval=lambda: None,
+                          fps=lambda: 0.0, seed=7, background=worker)
+    evaluator.init_callback(model)
     try:
-        worker.submit(snapshot(model, env, seed=7))
-        worker.submit(Snapshot(64, 7, {"not": torch.zeros(1)}, None))  # weights of another policy
-        good, bad = worker.collect(timeout=None)
-        assert worker.pending == 0
-        env.seed(7)
-        expected, _ = evaluate_policy(model, env, n_eval_episodes=1, deterministic=True, warn=False)
-        assert good.error is None and good.mean_reward == pytest.approx(float(expected))
-        assert bad.timesteps == 64 and "load_state_dict" in (bad.error or "")
+        evaluator.evaluate()  # step 0, in the worker
+        worker.submit(Snapshot(64, 7, {"not": np.zeros(1)}, None))  # weights of another policy
+        evaluator.drain(None)
+        assert worker.pending == 0 and evaluator.background is None  # fell back after the failure
+        in_process = make_eval_env(spec)
+        in_process.seed(7)
+        expected, _ = evaluate_policy(model, in_process, n_eval_episodes=1, deterministic=True, warn=False)
+        in_process.close()
+        assert [h["timesteps"] for h in history] == [0]
+        assert history[0]["mean_reward"] == pytest.approx(float(expected))
+        evaluator.evaluate()  # now in this process: the same number
+        assert history[-1]["mean_reward"] == history[0]["mean_reward"]
+        assert snapshot(model, 7).weights.keys() == model.policy.state_dict().keys()
     finally:
         worker.close()
         env.close()
-    assert not worker._process.is_alive()
+    assert worker.exitcode is not None
+
+
+def test_resume_evaluates_a_checkpoint_whose_evaluation_was_lost(tmp_path: Path) -> None:
+    raw = pipeline_raw(eval={"every_steps": 128, "episodes": 1})
+    raw["sessions"][0]["timesteps"] = 384
+    paths = session_root(tmp_path, raw, 0)
+    SessionTrainer(paths).run()
+    complete = _evaluations(tmp_path)
+    # As if the process died while step 256 was evaluated in the background: newest checkpoint 256, no
+    # evaluation of 256 anywhere.
+    import shutil
+
+    from rlpipe.jsonio import write_json_atomic
+
+    shutil.rmtree(paths.checkpoints / "step-000000000384")
+    shutil.rmtree(paths.model)
+    metrics = read_json(paths.checkpoints / "metrics.json")
+    metrics["evaluations"] = [e for e in metrics["evaluations"] if e["timesteps"] == 128]
+    write_json_atomic(paths.checkpoints / "metrics.json", metrics)
+    manifest = paths.checkpoints / "step-000000000256" / "manifest.json"
+    doc = read_json(manifest)
+    doc["evaluations"] = [e for e in doc["evaluations"] if e["timesteps"] == 128]
+    write_json_atomic(manifest, doc)
+    result = SessionTrainer(paths).run()
+    assert result.resumed_from == 256
+    resumed = _evaluations(tmp_path)
+    assert [e[0] for e in resumed] == [128, 256, 384]
+    # 256 evaluated again from the checkpoint: the same reward (the steps after it train on new env seeds).
+    assert resumed[:2] == complete[:2]
 
 
 def test_resume_keeps_evaluations_recorded_after_the_checkpoint() -> None:

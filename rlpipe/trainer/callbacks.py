@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from rlpipe.contract import metric_line
 from rlpipe.state import utcnow
-from rlpipe.trainer.eval_worker import BackgroundEvaluator, Outcome, snapshot
+from rlpipe.trainer.eval_worker import MAX_PENDING, BackgroundEvaluator, Outcome, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,17 @@ class EveryStepsCallback(BaseCallback):
 class Evaluator(EveryStepsCallback):
     """Evaluates every ``every_steps`` on a separate env with frozen normalisation; prints a metric line.
 
-    With a :class:`BackgroundEvaluator` the periodic evaluations run in its worker process: the callback only
-    hands over a snapshot and records results as they come back (at the latest in :meth:`drain`).
+    With a :class:`BackgroundEvaluator` the evaluations run in its worker process: the callback only hands
+    over a snapshot and records results as they come back (at the latest in :meth:`drain`). Should the worker
+    fail, evaluation continues in this process. The in-process env is built on first use.
     """
 
-    def __init__(self, eval_env: VecEnv, every_steps: int, episodes: int, session: str, global_offset: int,
-                 history: list[dict[str, Any]], on_eval: Callable[[], None], fps: Callable[[], float],
-                 seed: int, background: BackgroundEvaluator | None = None) -> None:
+    def __init__(self, make_env: Callable[[], VecEnv], every_steps: int, episodes: int, session: str,
+                 global_offset: int, history: list[dict[str, Any]], on_eval: Callable[[], None],
+                 fps: Callable[[], float], seed: int, background: BackgroundEvaluator | None = None) -> None:
         super().__init__(every_steps)
-        self.eval_env = eval_env
+        self._make_env = make_env
+        self._eval_env: VecEnv | None = None
         self.episodes = episodes
         self.session = session
         self.global_offset = global_offset
@@ -111,11 +113,14 @@ class Evaluator(EveryStepsCallback):
         self.seed = seed
         self.background = background
         self._clock = time.perf_counter()
-        self._submitted_at: dict[int, float] = {}
+        self._taken_at: dict[int, float] = {}
 
-    def _seed_for(self, steps: int) -> int:
-        # Reseeded per evaluation so results do not depend on how many evaluations ran before (resume).
-        return self.seed + steps
+    @property
+    def eval_env(self) -> VecEnv:
+        """The in-process evaluation env."""
+        if self._eval_env is None:
+            self._eval_env = self._make_env()
+        return self._eval_env
 
     def fire(self) -> None:
         self.evaluate()
@@ -129,45 +134,57 @@ class Evaluator(EveryStepsCallback):
     def evaluate(self) -> None:
         """Evaluate the policy as it is now: in the background worker when there is one, else right here."""
         steps = int(self.model.num_timesteps)
+        # Reseeded per evaluation so results do not depend on how many evaluations ran before (resume).
+        seed = self.seed + steps
+        taken_at = time.perf_counter()
         if self.background is not None:
-            self._submitted_at[steps] = time.perf_counter()
-            self.background.submit(snapshot(self.model, self.model.get_env(), self._seed_for(steps)))
-            return
+            if self.background.pending >= MAX_PENDING:
+                self._take(self.background.collect(None, at_most=1))
+            if self.background is not None and self.background.submit(snapshot(self.model, seed)):
+                self._taken_at[steps] = taken_at
+                return
+            self._fall_back("the worker exited")
         train_env = self.model.get_env()
         if train_env is not None:
             sync_envs_normalization(train_env, self.eval_env)
-        self.eval_env.seed(self._seed_for(steps))
+        self.eval_env.seed(seed)
         mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.episodes, deterministic=True,
                                     warn=False)
-        self.record(steps, float(mean), float(std), time.perf_counter())
+        self.record(steps, float(mean), float(std), taken_at)
 
     def drain(self, timeout: float | None) -> None:
         """Record the background evaluations still running, waiting up to ``timeout`` seconds (``None``: as
         long as the worker lives); what does not arrive in time is logged and dropped."""
-        if self.background is None or not self.background.pending:
+        background = self.background
+        if background is None or not background.pending:
             return
-        try:
-            self._take(self.background.collect(timeout))
-        except RuntimeError as exc:
-            log.warning("session %s: %s; evaluating in this process from now on", self.session, exc)
-            self.background = None
+        self._take(background.collect(timeout))
+        if self.background is not None and background.pending:
+            if background.dead:
+                self._fall_back("the worker exited")
+            else:
+                log.warning("session %s: %d background evaluation(s) not finished within %s s; not recorded",
+                            self.session, background.pending, timeout)
+
+    def _fall_back(self, why: str, detail: str = "") -> None:
+        background, self.background = self.background, None
+        if background is None:
             return
-        if self.background.pending:
-            log.warning("session %s: %d background evaluation(s) not finished within %s s; not recorded",
-                        self.session, self.background.pending, timeout)
+        lost = f"; {background.pending} evaluation(s) in flight are not recorded" if background.pending else ""
+        log.warning("session %s: background evaluation stopped (%s, exit code %s)%s; evaluating in this process "
+                    "from now on%s", self.session, why, background.exitcode, lost, detail)
 
     def _take(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             if outcome.error is not None:
-                log.warning("session %s: background evaluation at %d steps failed; evaluating in this process "
-                            "from now on:\n%s", self.session, outcome.timesteps, outcome.error)
-                self.background = None
+                self._fall_back(f"the evaluation at {outcome.timesteps} steps failed", ":\n" + outcome.error)
                 continue
             self.record(outcome.timesteps, outcome.mean_reward, outcome.std_reward,
-                        self._submitted_at.pop(outcome.timesteps, time.perf_counter()))
+                        self._taken_at.pop(outcome.timesteps, time.perf_counter()))
 
     def record(self, steps: int, mean: float, std: float, taken_at: float) -> dict[str, Any]:
-        """Record one evaluation of the policy at ``steps``: history, TensorBoard, metric line, metrics file."""
+        """Record the evaluation of the policy at ``steps`` (``taken_at``: when that policy was taken, on the
+        session's clock): history, TensorBoard, metric line, metrics file."""
         entry = {"timesteps": steps, "global_timesteps": self.global_offset + steps,
                  "mean_reward": mean, "std_reward": std, "wall_seconds": round(taken_at - self._clock, 3)}
         self.history[:] = [h for h in self.history if h["timesteps"] != steps] + [entry]

@@ -1,52 +1,64 @@
 """Evaluation in a second process, so training does not pause while the policy is evaluated.
 
 The trainer hands over a snapshot (policy weights, observation statistics, step count) and trains on; the
-worker evaluates the snapshot on its own env, seeded exactly as an in-process evaluation is, so the result is
-the same number either way. Results come back in order and are recorded under their snapshot's step.
-On a machine with a spare core this takes evaluation off the training loop (bench/RESULTS.md).
+worker evaluates the snapshot on an env built by the same recipe as the in-process one (:func:`make_eval_env`)
+and seeded the same way, so on the CPU the recorded reward is the same number either way (tested). Results
+come back in order and are recorded under their snapshot's step.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import multiprocessing as mp
 import queue
 import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
-
-log = logging.getLogger(__name__)
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 PARENT_CHECK_SECONDS = 2.0  # how often an idle worker looks whether its trainer is still alive
+# Snapshots queued beyond this wait for a result first: a worker slower than training holds back training a
+# little instead of piling up weights in memory.
+MAX_PENDING = 2
 
 
 @dataclass(frozen=True)
 class EvalEnvSpec:
-    """How the worker builds its evaluation env: the same recipe as the trainer's in-process one."""
+    """How an evaluation env is built; the trainer's in-process env and the worker's both follow it."""
 
     env_id: str
     env_kwargs: dict[str, Any]
     n_envs: int
     episodes: int
     normalize: bool
-    clip_obs: float
-    epsilon: float
+    seed: int
+
+
+def make_eval_env(spec: EvalEnvSpec) -> VecEnv:
+    """Evaluation env: ``n_envs`` episodes side by side, observation statistics frozen, rewards raw."""
+    env: VecEnv = make_vec_env(spec.env_id, n_envs=spec.n_envs, seed=spec.seed, env_kwargs=dict(spec.env_kwargs),
+                               vec_env_cls=DummyVecEnv)
+    if spec.normalize:
+        env = VecNormalize(env, training=False, norm_obs=True, norm_reward=False)
+    return env
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What one evaluation needs from the trainer at one step."""
+    """What one evaluation needs from the trainer at one step (numpy arrays: no shared-memory handles)."""
 
     timesteps: int
     seed: int
-    state_dict: dict[str, Any]
+    weights: dict[str, np.ndarray]
     obs_rms: Any  # RunningMeanStd | None
 
 
@@ -62,29 +74,23 @@ class Outcome:
     error: str | None = None
 
 
-def snapshot(model: BaseAlgorithm, train_env: VecEnv | None, seed: int) -> Snapshot:
+def snapshot(model: BaseAlgorithm, seed: int) -> Snapshot:
     """Copy what an evaluation of ``model`` needs now; training may change everything right after."""
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.policy.state_dict().items()}
-    obs_rms = copy.deepcopy(train_env.obs_rms) if isinstance(train_env, VecNormalize) else None
-    return Snapshot(int(model.num_timesteps), seed, weights, obs_rms)
+    weights = {k: v.detach().cpu().numpy().copy() for k, v in model.policy.state_dict().items()}
+    norm = model.get_vec_normalize_env()
+    return Snapshot(int(model.num_timesteps), seed, weights, copy.deepcopy(norm.obs_rms) if norm else None)
 
 
 def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], jobs: Any, results: Any) -> None:
     """The worker process: build the env and policy once, then evaluate snapshots until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the trainer decides
     import torch
-    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
     import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
 
     torch.set_num_threads(1)
-    env: VecEnv = make_vec_env(spec.env_id, n_envs=spec.n_envs, env_kwargs=dict(spec.env_kwargs),
-                               vec_env_cls=DummyVecEnv)
-    if spec.normalize:
-        env = VecNormalize(env, training=False, norm_obs=True, norm_reward=False, clip_obs=spec.clip_obs,
-                           epsilon=spec.epsilon)
+    env = make_eval_env(spec)
     policy = policy_class(**policy_data)
     parent = mp.parent_process()
     try:
@@ -99,7 +105,7 @@ def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], j
                 return
             clock = time.perf_counter()
             try:
-                policy.load_state_dict(job.state_dict)
+                policy.load_state_dict({k: torch.from_numpy(v) for k, v in job.weights.items()})
                 if isinstance(env, VecNormalize):
                     env.obs_rms = job.obs_rms
                 env.seed(job.seed)
@@ -114,6 +120,20 @@ def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], j
         env.close()
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start children with SIGINT ignored: the disposition survives exec and Python keeps it, so a Ctrl-C
+    during the worker's imports cannot kill it with a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class BackgroundEvaluator:
     """Owns the worker process and its two queues; every call is made from the training thread."""
 
@@ -125,20 +145,27 @@ class BackgroundEvaluator:
         self._process = ctx.Process(
             target=_serve, name="rlpipe-eval", daemon=True,
             args=(spec, type(policy), policy._get_constructor_parameters(), self._jobs, self._results))
-        self._process.start()
+        with _sigint_ignored():
+            self._process.start()
         self.pending = 0
+        self.dead = False  # the worker exited: nothing more will come back
 
-    def submit(self, shot: Snapshot) -> None:
-        """Queue a snapshot for evaluation; returns at once."""
+    def submit(self, shot: Snapshot) -> bool:
+        """Queue a snapshot for evaluation and return at once; False when the worker is gone."""
+        if self.dead or not self._process.is_alive():
+            self.dead = True
+            return False
         self._jobs.put(shot)
         self.pending += 1
+        return True
 
-    def collect(self, timeout: float | None = 0.0) -> list[Outcome]:
-        """Finished results: those ready now (``timeout`` 0), or all pending ones, waiting up to ``timeout``
-        seconds in total (``None``: as long as the worker lives)."""
+    def collect(self, timeout: float | None = 0.0, at_most: int | None = None) -> list[Outcome]:
+        """Finished results: those ready now (``timeout`` 0), or pending ones, waiting up to ``timeout`` seconds
+        in total (``None``: as long as the worker lives), at most ``at_most`` of them. A worker found dead sets
+        :attr:`dead`; what it finished before is still returned."""
         done: list[Outcome] = []
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.pending:
+        while self.pending and (at_most is None or len(done) < at_most):
             try:
                 if timeout == 0:
                     outcome = self._results.get_nowait()
@@ -149,12 +176,17 @@ class BackgroundEvaluator:
                 if timeout == 0 or (deadline is not None and time.monotonic() >= deadline):
                     break
                 if not self._process.is_alive():
-                    raise RuntimeError(f"evaluation worker exited (code {self._process.exitcode}) with "
-                                       f"{self.pending} evaluation(s) pending") from None
+                    self.dead = True
+                    break
                 continue
             self.pending -= 1
             done.append(outcome)
         return done
+
+    @property
+    def exitcode(self) -> int | None:
+        """The worker's exit code once it has exited."""
+        return self._process.exitcode
 
     def close(self) -> None:
         """Stop the worker; a worker that does not exit in a few seconds is terminated."""

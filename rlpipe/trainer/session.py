@@ -39,7 +39,8 @@ from rlpipe.state import utcnow
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
 from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
-from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec
+from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env
+from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,20 @@ class SessionTrainer:
         self._open_envs: list[VecEnv] = []  # closed in run()'s finally, also when preparation fails
 
     # -- environments -------------------------------------------------------------------------------------
-    def _make_env(self, n_envs: int, seed: int, vec_env_cls: type[VecEnv] | None = None) -> VecEnv:
+    def _make_env(self, n_envs: int, seed: int) -> VecEnv:
         s = self.session
         env = make_vec_env(s.env, n_envs=n_envs, seed=seed, env_kwargs=dict(s.env_kwargs),
-                           vec_env_cls=vec_env_cls or choose_vec_env(s))
+                           vec_env_cls=choose_vec_env(s))
+        self._open_envs.append(env)
+        return env
+
+    def _eval_spec(self) -> EvalEnvSpec:
+        s = self.session
+        return EvalEnvSpec(s.env, dict(s.env_kwargs), min(s.eval.episodes, MAX_EVAL_ENVS), s.eval.episodes,
+                           normalize=s.normalize, seed=s.seed + EVAL_SEED_OFFSET)
+
+    def _make_eval_env(self) -> VecEnv:
+        env = make_eval_env(self._eval_spec())
         self._open_envs.append(env)
         return env
 
@@ -178,7 +189,7 @@ class SessionTrainer:
         if self.off_policy:
             rb = prev.file(B.REPLAY_BUFFER)
             if h.replay_buffer == "carry" and rb is not None:
-                model.load_replay_buffer(str(rb))
+                load_replay_buffer(model, rb)
                 self.carried.append("replay_buffer")
             else:
                 self.reset.append("replay_buffer")
@@ -214,7 +225,7 @@ class SessionTrainer:
                                    tensorboard_log=str(self.paths.tensorboard))
             rb = ckpt.file(B.REPLAY_BUFFER)
             if self.off_policy and rb is not None:
-                model.load_replay_buffer(str(rb))
+                load_replay_buffer(model, rb)
             meta = ckpt.meta
             self.history = evaluations_up_to(list(meta.get("evaluations", [])), self._recorded_evaluations(),
                                              ckpt.timesteps)
@@ -240,16 +251,6 @@ class SessionTrainer:
             return list(read_json(self.paths.checkpoints / B.METRICS).get("evaluations", []))
         except (OSError, ValueError, AttributeError):
             return []  # none yet, or unreadable: the checkpoint's own list stands
-
-    def _background_evaluator(self, model: BaseAlgorithm, env: VecEnv) -> BackgroundEvaluator | None:
-        s = self.session
-        if not background_eval_for(s):
-            return None
-        norm = env if isinstance(env, VecNormalize) else None
-        spec = EvalEnvSpec(s.env, dict(s.env_kwargs), min(s.eval.episodes, MAX_EVAL_ENVS), s.eval.episodes,
-                           normalize=norm is not None, clip_obs=norm.clip_obs if norm else 10.0,
-                           epsilon=norm.epsilon if norm else 1e-8)
-        return BackgroundEvaluator(spec, model)
 
     # -- outputs ------------------------------------------------------------------------------------------
     def _metrics(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> dict[str, Any]:
@@ -279,7 +280,7 @@ class SessionTrainer:
         if isinstance(env, VecNormalize):
             env.save(str(into / B.VECNORMALIZE))
         if self.off_policy:
-            model.save_replay_buffer(str(into / B.REPLAY_BUFFER))
+            save_replay_buffer(model, into / B.REPLAY_BUFFER)
 
     def _checkpoint(self, model: BaseAlgorithm, env: VecEnv) -> None:
         steps = int(model.num_timesteps)
@@ -336,41 +337,41 @@ class SessionTrainer:
             model, env, ckpt = self._prepare()
             resumed_from = ckpt.timesteps if ckpt else None
             self._checkpointed_at = resumed_from
-            eval_env = self._wrap_normalize(self._make_env(min(s.eval.episodes, MAX_EVAL_ENVS),
-                                                           s.seed + EVAL_SEED_OFFSET, DummyVecEnv), None)
-            if isinstance(eval_env, VecNormalize):
-                eval_env.training = False
-                eval_env.norm_reward = False
-            background = self._background_evaluator(model, env)
+            background = BackgroundEvaluator(self._eval_spec(), model) if background_eval_for(s) else None
             budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
-            evaluator = Evaluator(eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
+            evaluator = Evaluator(self._make_eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
                                   self.history, fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET,
                                   on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)),
                                   background=background)
             checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
+            evaluator.init_callback(model)
             if self.warm_started and not self.stop.is_set():
-                # Step 0 of a warm start: how well the transferred policy does on the new task before training
-                # (in the background worker, when there is one, so training starts at once).
-                evaluator.init_callback(model)
+                # Step 0 of a warm start: how well the transferred policy does on the new task before training.
+                # The time it holds up the first step is recorded (a background evaluation: the hand-over).
                 clock = time.perf_counter()
                 evaluator.evaluate()
                 self.transfer_eval_seconds = round(time.perf_counter() - clock, 3)
+            elif (ckpt is not None and ckpt.timesteps < s.timesteps and ckpt.timesteps % s.eval.every_steps == 0
+                  and not any(h["timesteps"] == ckpt.timesteps for h in self.history)):
+                # The checkpoint's own step was still being evaluated in the background when the process ended;
+                # the weights are the checkpoint's and the seed follows the step, so this is the same evaluation.
+                evaluator.evaluate()
             remaining = s.timesteps - int(model.num_timesteps)
             if remaining > 0 and not self.stop.is_set():
                 model.learn(total_timesteps=remaining, callback=CallbackList([budget_cb, evaluator, checkpointer]),
                             reset_num_timesteps=ckpt is None, tb_log_name=s.name, progress_bar=False)
             steps = int(model.num_timesteps)
             if steps < s.timesteps:
+                self._checkpoint(model, env)  # first: the stop window is short; evaluations merge on resume
                 evaluator.drain(STOP_DRAIN_SECONDS)
-                self._checkpoint(model, env)
                 self._write_metrics(self._metrics(model, budget_cb, False))
                 log.info("session %s: stopped at %d of %d steps; checkpoint saved", s.name, steps, s.timesteps)
                 return SessionResult("interrupted", steps, resumed_from)
-            evaluator.init_callback(model)
-            evaluator.drain(None)
+            wait = STOP_DRAIN_SECONDS if self.stop.is_set() else None
+            evaluator.drain(wait)
             if not any(h["timesteps"] == steps for h in self.history):
                 evaluator.evaluate()
-                evaluator.drain(None)
+                evaluator.drain(wait)
             metrics = self._metrics(model, budget_cb, True)
             self._write_bundle(model, env, metrics)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle

@@ -27,7 +27,6 @@ The names below are the package's interface: the handlers call ``steps.<function
 
 from __future__ import annotations
 
-from rlpipe.cloud.pacing import HISTORY_EVENT_LIMIT, Timing, estimated_history_events
 from rlpipe.cloud.steps.context import (SUBJECT_MAX, Context, InvalidInput, RunConflict, client, reset_clients,
                                         sns_subject)
 from rlpipe.cloud.steps.ending import cleanup_execution, fail_run, finish_run, readable_error
@@ -42,8 +41,6 @@ from rlpipe.cloud.steps.start import execution_is_running, start_run
 from rlpipe.cloud.steps.training_jobs import ACTIVE_JOB_STATUSES, close_active_job, describe_job
 
 __all__ = [
-    # re-exported for callers of steps
-    "HISTORY_EVENT_LIMIT", "Timing", "estimated_history_events",
     # context
     "SUBJECT_MAX", "Context", "InvalidInput", "RunConflict", "client", "reset_clients", "sns_subject",
     # execution input and the loop's cursor
