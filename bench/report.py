@@ -20,8 +20,12 @@ def _met(key: str, value: float | None) -> bool | None:
     return value >= bound if op == ">=" else value <= bound
 
 
+def _case_name(case: dict[str, Any]) -> str:
+    return f"{case['algorithm']} on {case['env']}"
+
+
 def _worst(cases: list[dict[str, Any]], key: str) -> tuple[float | None, str | None, dict[str, float | None]]:
-    per_case = {f"{c['algorithm']} on {c['env']}": c["ratios"][key] for c in cases}
+    per_case = {_case_name(c): c["ratios"].get(key) for c in cases}
     known = {k: v for k, v in per_case.items() if v is not None}
     if not known:
         return None, None, per_case
@@ -40,17 +44,24 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                           ("vs_raw_env", "throughput_ratio_vs_raw_env"),
                           ("measured_eval_vs_sb3_same_settings",
                            "throughput_ratio_measured_eval_vs_sb3_same_settings"),
+                          ("in_process_eval_vs_sb3_same_settings",
+                           "throughput_ratio_in_process_eval_vs_sb3_same_settings"),
                           ("training_only_vs_sb3_same_settings",
                            "throughput_ratio_training_only_vs_sb3_same_settings")):
             value, case, per_case = _worst(tp["cases"], key)
             out[name] = {"value": value, "unit": "ratio of median env steps/s (rlpipe / baseline)", "runs": runs,
                          "worst_case": case, "per_case": per_case}
         st = tp["cases"][0]["rlpipe_settings"] if tp["cases"] else {}
-        where = "in a background process" if tp["cases"] and tp["cases"][0].get("rlpipe_background_eval") \
+        worst = next((c for c in tp["cases"] if _case_name(c) == out["throughput_ratio_vs_sb3_same_settings"]
+                      ["worst_case"]), None)
+        where = "in a background process" if worst and worst.get("rlpipe_background_eval") \
             else "in the training process"
         out["throughput_ratio_vs_sb3_same_settings"]["note"] = (
-            f"rlpipe in steady state: evaluation ({st.get('eval_episodes')} full-length episodes, {where}) every "
-            f"{st.get('eval_every_steps')} steps and a checkpoint every {st.get('checkpoint_every_steps')} steps")
+            f"rlpipe at its defaults in steady state: evaluation ({st.get('eval_episodes')} full-length episodes, "
+            f"{where} in the worst case) every {st.get('eval_every_steps')} steps and a checkpoint every "
+            f"{st.get('checkpoint_every_steps')} steps")
+        out["throughput_ratio_in_process_eval_vs_sb3_same_settings"]["note"] = (
+            "rlpipe with eval.background: false, in steady state: the same evaluations in the training process")
         out["throughput_ratio_measured_eval_vs_sb3_same_settings"]["note"] = (
             "rlpipe with the evaluations as long as they were in the measured window (early in training, "
             "episodes end sooner)")
@@ -107,6 +118,7 @@ def throughput_plot(throughput: dict[str, Any], path: Path) -> None:
     variants = [("sb3_defaults", "(a) SB3 defaults", "tab:grey"),
                 ("sb3_same_settings", "(b) SB3, rlpipe's settings", "tab:orange"),
                 ("rlpipe_steady_state", "rlpipe (steady state, default eval/checkpoint)", "tab:blue"),
+                ("rlpipe_in_process_steady_state", "rlpipe, in-process evaluation (steady state)", "tab:cyan"),
                 ("raw_env", "(c) raw env", "tab:green")]
     cases = throughput["cases"]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
@@ -116,7 +128,7 @@ def throughput_plot(throughput: dict[str, Any], path: Path) -> None:
         med = np.array([c["steps_per_second"][key]["median"] or np.nan for c in cases], dtype=float)
         lo = np.array([c["steps_per_second"][key]["min"] or np.nan for c in cases], dtype=float)
         hi = np.array([c["steps_per_second"][key]["max"] or np.nan for c in cases], dtype=float)
-        ax.bar(x + (i - 1.5) * width, med, width, label=label, color=colour,
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, med, width, label=label, color=colour,
                yerr=[np.nan_to_num(med - lo), np.nan_to_num(hi - med)], capsize=2)
     ax.set_yscale("log")
     ax.set_xticks(x, [f"{c['algorithm'].upper()}\n{c['env']}" for c in cases], fontsize=8)
@@ -188,63 +200,68 @@ def _throughput_md(tp: dict[str, Any], plot: str | None) -> list[str]:
     st = tp["cases"][0]["rlpipe_settings"] if tp["cases"] else {}
     episodes, every = st.get("eval_episodes"), st.get("eval_every_steps") or 0
     ckpt, max_steps = st.get("checkpoint_every_steps") or 0, tp["cases"][0].get("max_episode_steps") or 0
-    in_background = sorted({f"{c['algorithm'].upper()} on {c['env']}: "
-                            f"{'yes' if c.get('rlpipe_background_eval') else 'no'}" for c in tp["cases"]})
-    background = ("Evaluations ran in rlpipe's background worker where `eval.background`'s default chose it on "
-                  f"this machine ({'; '.join(in_background)}).")
+    in_background = "; ".join(f"{c['algorithm'].upper()} on {c['env']}: "
+                              f"{'yes' if c.get('rlpipe_background_eval') else 'no'}" for c in tp["cases"])
     out = [
         "## 1. Training throughput",
         "",
         "Env steps per second over the `learn()` phase only, measured the same way for every learning variant: a "
         "callback appended after all others opens a window at the start of training (SAC: at the first step that "
         "trains, after SB3's `learning_starts`=100) and closes it at the last step; imports and setup are outside. "
-        f"Each measurement ran in a fresh process, interleaved (a, b, c, rlpipe per env and algorithm, "
-        f"{tp['repetitions']} repetitions); figures are medians (min–max).",
+        f"Each measurement ran in a fresh process, interleaved (a, b, c, rlpipe, rlpipe in-process per env and "
+        f"algorithm, {tp['repetitions']} repetitions); figures are medians (min–max).",
         "",
         "- **(a)** plain SB3 script with SB3's defaults: `ALGO(\"MlpPolicy\", env)`, torch's default threads;",
         "- **(b)** plain SB3 script with rlpipe's exact settings (n_envs, DummyVecEnv, VecNormalize, one torch "
         "thread, the same hyperparameters), no callbacks, no evaluation, no TensorBoard;",
         "- **(c)** the raw env stepped with random actions (one env, no learning);",
-        "- **rlpipe**: `SessionTrainer` on a generated session root: the default curriculum's first session with "
-        "the env swapped (SAC: the schema's defaults for SAC — one env, SB3's SAC hyperparameters — since the "
-        f"curriculum's hyperparameters are PPO's), evaluation ({episodes} episodes) every {every:,} steps and "
-        f"checkpoints every {ckpt:,} steps as in `configs/pipeline.yaml`. When a window is shorter than three "
-        "intervals, the trainer evaluates and checkpoints three times in it and that measured time is priced back "
-        f"to one per interval. {background} Three rlpipe figures: **steady state** (used for the ratios; with "
-        "evaluation in the background: as measured, since the training loop only hands over a snapshot however "
-        f"long the episodes; in the training process: every evaluation episode runs the full {max_steps:,} steps, "
-        f"as it does once a policy survives, evaluation time = {episodes} × {max_steps:,} steps at the measured "
-        "evaluation rate), **eval as measured** (the evaluations as long as they were in the window, early in "
-        "training), **training only** (the time of evaluation and checkpoint calls on the training loop taken "
-        "out: the per-step cost of the pipeline alone). *Gradient updates* is the share of each window spent in "
-        "the algorithm's `train()`.",
+        "- **rlpipe**: `SessionTrainer` at its defaults on a generated session root: the default curriculum's "
+        "first session with the env swapped (SAC: the schema's defaults for SAC — one env, SB3's SAC "
+        f"hyperparameters — since the curriculum's hyperparameters are PPO's), evaluation ({episodes} episodes) "
+        f"every {every:,} steps and checkpoints every {ckpt:,} steps as in `configs/pipeline.yaml`. When a window "
+        "is shorter than three intervals, the trainer evaluates and checkpoints every third of the window and "
+        "that measured time is priced back to one per default interval. Evaluation ran in the background worker "
+        f"(`eval.background`'s default on this machine) for: {in_background}. "
+        "**rlpipe in-process**: the same with `eval.background: false`.",
+        "",
+        "rlpipe's rate three ways: **steady state** (used for the ratios): with evaluation in the background, as "
+        "measured (the training loop only hands over a snapshot and records the result, however long the "
+        "episodes, while the worker's evaluations run beside it, every third of the window: more often than by "
+        "default); in the training process, every evaluation episode runs the full "
+        f"{max_steps:,} steps, as it does once a policy survives (evaluation time = {episodes} × {max_steps:,} "
+        "steps at the measured evaluation rate). **eval as measured**: the evaluations as long as they were in "
+        "the window (early in training episodes end sooner). **training only**: the time of evaluation and "
+        "checkpoint calls on the training loop taken out. *Gradient updates* is the share of each window spent "
+        "in the algorithm's `train()`.",
         "",
         "| algorithm | env | (a) SB3 defaults | (b) SB3, same settings | (c) raw env | rlpipe, steady state | "
-        "rlpipe, eval as measured | rlpipe, training only | rlpipe/(a) | rlpipe/(b) | rlpipe/(c) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "rlpipe, eval as measured | rlpipe, training only | rlpipe in-process, steady state | rlpipe/(a) | "
+        "rlpipe/(b) | rlpipe in-process/(b) | rlpipe/(c) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in tp["cases"]:
         r, s = c["ratios"], c["steps_per_second"]
         out.append(f"| {c['algorithm'].upper()} | {c['env']} | {_fig(s['sb3_defaults'])} | "
                    f"{_fig(s['sb3_same_settings'])} | {_fig(s['raw_env'])} | {_fig(s['rlpipe_steady_state'])} | "
                    f"{_fig(s['rlpipe_at_default_intervals'])} | {_fig(s['rlpipe_training_only'])} | "
-                   f"{_n(r['vs_sb3_defaults'], 2)} | {_n(r['vs_sb3_same_settings'], 3)} | {_n(r['vs_raw_env'], 3)} |")
+                   f"{_fig(s.get('rlpipe_in_process_steady_state', {}))} | "
+                   f"{_n(r['vs_sb3_defaults'], 2)} | {_n(r['vs_sb3_same_settings'], 3)} | "
+                   f"{_n(r.get('in_process_eval_vs_sb3_same_settings'), 3)} | {_n(r['vs_raw_env'], 3)} |")
     out += ["", "Ratios are of medians; the same ratios paired within each repetition (median, min–max) and what "
-            "rlpipe spends in its periodic work:", "",
+            "rlpipe spends in its periodic work (rlpipe at its defaults):", "",
             "| algorithm | env | paired rlpipe/(a) | paired rlpipe/(b) | one evaluation on the training loop (s) | "
-            "one evaluation in the worker: s, env steps | evaluation steps/s | one checkpoint (s) | "
-            "gradient updates (a / b / rlpipe) | window (steps) | torch threads (a / b / rlpipe) | "
-            "capped runs (a / b / c) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "one evaluation in the worker (s) | env steps per evaluation | evaluation steps/s | "
+            "one checkpoint (s) | gradient updates (a / b / rlpipe) | window (steps) | "
+            "torch threads (a / b / rlpipe) | capped runs (a / b / c) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in tp["cases"]:
         p, th, cap = c["paired_ratios"], c["torch_threads"], c["capped_runs"]
         share = c.get("update_share", {})
         shares = " / ".join(_pct_or_dash(share.get(v, {}).get("median"))
                             for v in ("sb3_defaults", "sb3_same_settings", "rlpipe"))
-        worker = c.get("rlpipe_worker_eval_seconds_each", {})
         out.append(f"| {c['algorithm'].upper()} | {c['env']} | {_fig(p['sb3_defaults'], 2)} | "
-                   f"{_fig(p['sb3_same_settings'], 3)} | {_fig(c['rlpipe_eval_seconds_each'], 3)} | "
-                   f"{_fig(worker, 2) if worker.get('median') is not None else '–'}, "
+                   f"{_fig(p['sb3_same_settings'], 3)} | {_fig(c.get('rlpipe_eval_seconds_on_loop', {}), 4)} | "
+                   f"{_fig(c.get('rlpipe_worker_eval_seconds_each', {}), 2)} | "
                    f"{_n(c['rlpipe_eval_env_steps_each']['median'])} | {_fig(c['rlpipe_eval_steps_per_second'])} | "
                    f"{_fig(c['rlpipe_checkpoint_seconds_each'], 3)} | {shares} | {c['window_steps']:,} | "
                    f"{th.get('sb3_defaults')} / {th.get('sb3_same_settings')} / {th.get('rlpipe')} | "

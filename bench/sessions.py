@@ -28,12 +28,14 @@ def default_session_dict(index: int = 0) -> dict[str, Any]:
     return default_pipeline().sessions[index].model_dump(mode="json")
 
 
-def throughput_session(algorithm: str, env_id: str, timesteps: int, interval: int | None = None) -> SessionConfig:
+def throughput_session(algorithm: str, env_id: str, timesteps: int, interval: int | None = None,
+                       background_eval: bool | None = None) -> SessionConfig:
     """The default curriculum's first session on ``env_id`` with ``algorithm``.
 
     For an algorithm other than the curriculum's (PPO), its hyperparameters and ``n_envs`` fall back to the
     schema's defaults for that algorithm: the curriculum's hyperparameters are PPO's. ``interval`` (when
-    given) replaces the evaluation and checkpoint intervals, so a short window still holds one of each.
+    given) replaces the evaluation and checkpoint intervals, so a short window still holds some of each;
+    ``background_eval`` (when given) sets ``eval.background``.
     """
     raw = default_session_dict(0)
     raw.update(name="throughput", env=env_id, timesteps=timesteps)
@@ -42,6 +44,8 @@ def throughput_session(algorithm: str, env_id: str, timesteps: int, interval: in
     if interval is not None:
         raw["eval"]["every_steps"] = interval
         raw["checkpoint"]["every_steps"] = interval
+    if background_eval is not None:
+        raw["eval"]["background"] = background_eval
     return SessionConfig.model_validate(raw)
 
 

@@ -23,9 +23,11 @@ from bench.settings import Budgets
 
 log = logging.getLogger("bench.throughput")
 
-VARIANTS = ("sb3_defaults", "sb3_same_settings", "raw_env", "rlpipe")
+VARIANTS = ("sb3_defaults", "sb3_same_settings", "raw_env", "rlpipe", "rlpipe_in_process")
+RLPIPE_VARIANTS = ("rlpipe", "rlpipe_in_process")
 LABELS = {"sb3_defaults": "(a) SB3 defaults", "sb3_same_settings": "(b) SB3, rlpipe's settings",
-          "raw_env": "(c) raw env, random actions", "rlpipe": "rlpipe trainer"}
+          "raw_env": "(c) raw env, random actions", "rlpipe": "rlpipe trainer",
+          "rlpipe_in_process": "rlpipe, in-process evaluation"}
 UNIT = "env steps/s"
 # Variables that would pin torch's thread count in the children: SB3's defaults must see torch's own default.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -59,14 +61,16 @@ def measurement_spec(variant: str, algorithm: str, env_id: str, budgets: Budgets
     timesteps = opens_after + window
     spec: dict[str, Any] = {"variant": variant, "algorithm": algorithm, "env": env_id, "window": window,
                             "timesteps": timesteps}
-    if variant == "rlpipe":
-        # The default intervals when the window spans three; otherwise three evaluations and checkpoints in the
-        # window, priced back to the default interval (see amortize_periodic). Two of them fall inside it, so
-        # background evaluations run while the window trains (and the session evaluates in the background, as
-        # a default-length session does).
+    if variant in RLPIPE_VARIANTS:
+        # The default intervals when the window spans three; otherwise an evaluation and a checkpoint every
+        # third of the window, priced back to the default interval (see amortize_periodic). Background
+        # evaluations then run while the window trains, and eval.background's default (at least two
+        # evaluations before the end) chooses as it does for a default-length session.
         defaults = default_session_dict(0)
-        if timesteps < 3 * min(defaults["eval"]["every_steps"], defaults["checkpoint"]["every_steps"]):
-            spec["interval"] = timesteps // 3
+        if window < 3 * min(defaults["eval"]["every_steps"], defaults["checkpoint"]["every_steps"]):
+            spec["interval"] = window // 3
+        if variant == "rlpipe_in_process":
+            spec["background_eval"] = False
     else:
         # Baselines only: rlpipe's window must hold its evaluation and checkpoint, so it is never cut short.
         spec["max_seconds"] = budgets.max_seconds
@@ -99,23 +103,26 @@ def amortize_periodic(run: dict[str, Any], eval_every: int, checkpoint_every: in
     - ``at_default_intervals``: one evaluation (as measured in the window) and one checkpoint per default interval;
     - ``steady_state``: as above, but every evaluation episode runs to the time limit, as they do once a
       policy survives (evaluation time = episodes x max episode steps / measured evaluation steps per second).
-      With background evaluation the training loop only hands over a snapshot, whatever the episodes' length,
-      so steady state is ``at_default_intervals``: the worker's evaluations ran beside the measured training.
+      With background evaluation the training loop only hands over a snapshot and records the result, whatever
+      the episodes' length, so steady state is ``at_default_intervals`` provided the worker keeps up: a
+      full-length evaluation must take less than training one interval (``worker_keeps_up``). The worker's
+      evaluations ran beside the measured training, every third of the window: more often than by default.
     """
     steps, seconds = run.get("steps"), run.get("seconds")
     none = {"training_only": None, "at_default_intervals": None, "steady_state": None,
-            "eval_steps_per_second": None}
+            "eval_steps_per_second": None, "eval_seconds_on_loop": None, "worker_keeps_up": None}
     if not steps or not seconds:
         return none
     evals, ckpts = run.get("eval_seconds", []), run.get("checkpoint_seconds", [])
-    train = seconds - sum(evals) - sum(ckpts)
+    background = bool(run.get("background_eval"))
+    loop_eval = sum(evals) + (sum(run.get("record_seconds", [])) if background else 0.0)
+    train = seconds - loop_eval - sum(ckpts)
     if train <= 0:
         return none
-    per_eval = sum(evals) / len(evals) if evals else 0.0
+    per_eval = loop_eval / len(evals) if evals else 0.0
     per_ckpt = sum(ckpts) / len(ckpts) if ckpts else 0.0
     ckpt_time = per_ckpt * steps / checkpoint_every
     at_default = train + per_eval * steps / eval_every + ckpt_time
-    background = bool(run.get("background_eval"))
     worker_seconds = sum(run.get("worker_eval_seconds", []))
     if background:
         eval_steps = sum(run.get("worker_eval_env_steps", []))
@@ -123,14 +130,17 @@ def amortize_periodic(run: dict[str, Any], eval_every: int, checkpoint_every: in
     else:
         eval_steps = sum(run.get("eval_env_steps", []))
         eval_rate = eval_steps / sum(evals) if evals and eval_steps else None
-    steady = None
+    steady, keeps_up = None, None
     if background:
         steady = round(steps / at_default, 2)
+        if eval_rate and run.get("max_episode_steps"):
+            keeps_up = eval_episodes * run["max_episode_steps"] / eval_rate < eval_every * train / steps
     elif eval_rate and run.get("max_episode_steps"):
         full_eval = eval_episodes * run["max_episode_steps"] / eval_rate
         steady = round(steps / (train + full_eval * steps / eval_every + ckpt_time), 2)
     return {"training_only": round(steps / train, 2), "at_default_intervals": round(steps / at_default, 2),
-            "steady_state": steady, "eval_steps_per_second": round(eval_rate, 1) if eval_rate else None}
+            "steady_state": steady, "eval_steps_per_second": round(eval_rate, 1) if eval_rate else None,
+            "eval_seconds_on_loop": round(per_eval, 4), "worker_keeps_up": keeps_up}
 
 
 def plan_runs(budgets: Budgets) -> list[dict[str, Any]]:
@@ -158,11 +168,13 @@ def summarize(runs: list[dict[str, Any]], budgets: Budgets) -> dict[str, Any]:
             pick = {v: [r for r in runs if r["variant"] == v and r["env"] == env_id and r.get("algorithm") == algorithm]
                     for v in VARIANTS if v != "raw_env"}
             pick["raw_env"] = raw
-            for r in pick["rlpipe"]:
+            for r in (*pick["rlpipe"], *pick["rlpipe_in_process"]):
                 r.update(amortize_periodic(r, eval_every, ckpt_every, eval_episodes))
             rates = {v: figure([r.get("steps_per_second") for r in rs], UNIT, 1) for v, rs in pick.items()}
             for key in OURS_RATES:
                 rates[f"rlpipe_{key}"] = figure([r.get(key) for r in pick["rlpipe"]], UNIT, 1)
+            rates["rlpipe_in_process_steady_state"] = figure(
+                [r.get(HEADLINE_RATE) for r in pick["rlpipe_in_process"]], UNIT, 1)
             ours = rates[f"rlpipe_{HEADLINE_RATE}"]["median"]
             paired = {}
             for base in ("sb3_defaults", "sb3_same_settings", "raw_env"):
@@ -192,6 +204,8 @@ def summarize(runs: list[dict[str, Any]], budgets: Budgets) -> dict[str, Any]:
                 "update_share": {v: figure([r.get("update_share") for r in rs], "fraction of the window", 3)
                                  for v, rs in pick.items() if v != "raw_env"},
                 "rlpipe_background_eval": any(r.get("background_eval") for r in rl),
+                "rlpipe_eval_seconds_on_loop": figure([r.get("eval_seconds_on_loop") for r in rl], "s", 4),
+                "rlpipe_worker_keeps_up": [r.get("worker_keeps_up") for r in rl],
                 "torch_threads": {v: sorted({r.get("torch_threads") for r in rs if r.get("torch_threads")})
                                   for v, rs in pick.items()},
                 "capped_runs": {v: sum(1 for r in rs if r.get("capped")) for v, rs in pick.items()},
@@ -203,12 +217,14 @@ def summarize(runs: list[dict[str, Any]], budgets: Budgets) -> dict[str, Any]:
                                                                 rates["sb3_same_settings"]["median"]),
                     "measured_eval_vs_sb3_same_settings": ratio(rates["rlpipe_at_default_intervals"]["median"],
                                                                 rates["sb3_same_settings"]["median"]),
+                    "in_process_eval_vs_sb3_same_settings": ratio(
+                        rates["rlpipe_in_process_steady_state"]["median"], rates["sb3_same_settings"]["median"]),
                     "unit": f"ratio of medians (rlpipe {HEADLINE_RATE.replace('_', ' ')} / baseline)",
                 },
                 "paired_ratios": paired,
             })
-    return {"unit": UNIT, "repetitions": budgets.repetitions, "order": "interleaved: a b c rlpipe per env, "
-            "algorithm and repetition; each run a fresh process", "cases": cases}
+    return {"unit": UNIT, "repetitions": budgets.repetitions, "order": "interleaved: a b c rlpipe "
+            "rlpipe-in-process per env, algorithm and repetition; each run a fresh process", "cases": cases}
 
 
 def run(budgets: Budgets, workdir: Path | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 PARENT_CHECK_SECONDS = 2.0  # how often an idle worker looks whether its trainer is still alive
 # Snapshots queued beyond this wait for a result first: a worker slower than training holds back training a
 # little instead of piling up weights in memory.
-MAX_PENDING = 2
+MAX_PENDING = 4
 
 
 @dataclass(frozen=True)
