@@ -15,7 +15,7 @@ class Budgets:
     mode: str
     envs: tuple[str, ...] = (HEIGHT, HOPPER)
     algorithms: tuple[str, ...] = ("ppo", "sac")
-    repetitions: int = 3
+    repetitions: int = 5
     # PPO windows are whole rollouts of every variant (rlpipe: 4 envs x 512; SB3 defaults: 1 env x 2048).
     ppo_window: int = 20480
     # SAC windows start after SB3's learning_starts (100), so every step in them also trains.
@@ -36,7 +36,7 @@ class Budgets:
 
 
 FULL = Budgets(mode="full")
-QUICK = Budgets(mode="quick", ppo_window=4096, sac_window=150, raw_window=5000, max_seconds=10.0,
+QUICK = Budgets(mode="quick", repetitions=3, ppo_window=4096, sac_window=150, raw_window=5000, max_seconds=10.0,
                 transition_runs=3, transition_timesteps=1024, cold_runs=2,
                 transfer_timesteps=16384, transfer_eval_every=4096, transfer_eval_episodes=3)
 # Microscopic: only checks that everything runs and the outputs are well formed (tests/test_bench_smoke.py).

@@ -22,7 +22,7 @@ from rlpipe.state import RunState
 BUCKET = "rlpipe-bucket"
 DEFAULT_KEY = "configs/default/pipeline.json"
 FAST = Timing(min_poll_seconds=0, max_poll_seconds=0, pool_poll_seconds=0, pool_max_polls=3,
-                    retry_wait_seconds=0, max_attempts=3)
+              retry_wait_seconds=0, max_attempts=3)
 
 
 class ScriptedSageMaker:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
@@ -99,10 +100,10 @@ def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], j
                 job: Snapshot | None = jobs.get(timeout=PARENT_CHECK_SECONDS)
             except queue.Empty:
                 if parent is not None and not parent.is_alive():
-                    return
+                    break
                 continue
             if job is None:
-                return
+                break
             clock = time.perf_counter()
             try:
                 policy.load_state_dict({k: torch.from_numpy(v) for k, v in job.weights.items()})
@@ -118,6 +119,11 @@ def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], j
                 results.put(Outcome(job.timesteps, error=traceback.format_exc(limit=5)))
     finally:
         env.close()
+    results.close()
+    results.join_thread()  # every result is in the pipe
+    # Skip the interpreter's teardown (about a second with torch loaded): nothing is left to clean up, and
+    # the next session's start would otherwise wait for it.
+    os._exit(0)
 
 
 @contextmanager
@@ -149,6 +155,7 @@ class BackgroundEvaluator:
             self._process.start()
         self.pending = 0
         self.dead = False  # the worker exited: nothing more will come back
+        self._stopping = False
 
     def submit(self, shot: Snapshot) -> bool:
         """Queue a snapshot for evaluation and return at once; False when the worker is gone."""
@@ -188,12 +195,18 @@ class BackgroundEvaluator:
         """The worker's exit code once it has exited."""
         return self._process.exitcode
 
+    def stop(self) -> None:
+        """Tell the worker to exit once it has finished what is queued; returns at once."""
+        if not self._stopping:
+            self._stopping = True
+            try:
+                self._jobs.put(None)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
-        """Stop the worker; a worker that does not exit in a few seconds is terminated."""
-        try:
-            self._jobs.put(None)
-        except (OSError, ValueError):
-            pass
+        """Stop the worker and wait for it; a worker that does not exit in a few seconds is terminated."""
+        self.stop()
         self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.terminate()

@@ -372,6 +372,8 @@ class SessionTrainer:
             if not any(h["timesteps"] == steps for h in self.history):
                 evaluator.evaluate()
                 evaluator.drain(wait)
+            if background is not None:
+                background.stop()  # it exits while the bundle is written
             metrics = self._metrics(model, budget_cb, True)
             self._write_bundle(model, env, metrics)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
