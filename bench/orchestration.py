@@ -26,6 +26,7 @@ from typing import Any
 from bench.figures import figure
 from bench.sessions import default_pipeline
 from bench.settings import Budgets
+from rlpipe.cloud.pacing import Timing
 
 log = logging.getLogger("bench.orchestration")
 
@@ -71,12 +72,6 @@ def count_history(events: list[dict[str, Any]]) -> dict[str, Any]:
             "describe_training_job_calls": describes,
             "create_training_job_calls": sum(1 for t in tasks if t.get("resource") == "createTrainingJob"),
             "states_entered": per_state}
-
-
-def _timing_class() -> Any:
-    from rlpipe.cloud.pacing import Timing
-
-    return Timing
 
 
 def _executions(budgets: Budgets, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -170,7 +165,7 @@ def _aws_model(fit: dict[str, float], memory_mb: float) -> dict[str, Any]:
 
     pipeline = default_pipeline()
     plan = build_plan(pipeline)
-    timing = _timing_class()()
+    timing = Timing()
     startup = price_table()["startup_seconds"]
     n = len(plan.sessions)
     sessions = []
