@@ -256,6 +256,37 @@ def test_background_worker_reports_a_failed_evaluation_and_the_trainer_falls_bac
     assert worker.exitcode is not None
 
 
+def test_a_killed_worker_loses_no_evaluation() -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from rlpipe.trainer.callbacks import Evaluator
+    from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env
+
+    spec = EvalEnvSpec("rlpipe/HeightMaximize-v0", {}, 1, 1, normalize=False, seed=0)
+    env = make_vec_env("rlpipe/HeightMaximize-v0", n_envs=1)
+    model = PPO("MlpPolicy", env, n_steps=64, seed=0, policy_kwargs={"net_arch": [8]})
+    worker = BackgroundEvaluator(spec, model)
+    history: list[dict] = []
+    evaluator = Evaluator(lambda: make_eval_env(spec), 64, 1, "s", 0, history, on_eval=lambda: None,
+                          fps=lambda: 0.0, seed=7, background=worker)
+    evaluator.init_callback(model)
+    try:
+        evaluator.evaluate()  # handed to the worker, which is still starting
+        worker._process.kill()  # as by the OOM killer
+        evaluator.drain(None)
+        assert evaluator.background is None
+        reference = make_eval_env(spec)
+        reference.seed(7)
+        expected, _ = evaluate_policy(model, reference, n_eval_episodes=1, deterministic=True, warn=False)
+        reference.close()
+        assert [(h["timesteps"], h["mean_reward"]) for h in history] == [(0, pytest.approx(float(expected)))]
+    finally:
+        worker.close()
+        env.close()
+
+
 def test_resume_evaluates_a_checkpoint_whose_evaluation_was_lost(tmp_path: Path) -> None:
     raw = pipeline_raw(eval={"every_steps": 128, "episodes": 1})
     raw["sessions"][0]["timesteps"] = 384

@@ -170,9 +170,10 @@ class Evaluator(EveryStepsCallback):
         background, self.background = self.background, None
         if background is None:
             return
-        lost = f"; {background.pending} evaluation(s) in flight are not recorded" if background.pending else ""
-        log.warning("session %s: background evaluation stopped (%s, exit code %s)%s; evaluating in this process "
-                    "from now on%s", self.session, why, background.exitcode, lost, detail)
+        log.warning("session %s: background evaluation stopped (%s, exit code %s); evaluating in this process "
+                    "from now on, starting with the %d snapshot(s) it did not return%s", self.session, why,
+                    background.exitcode, background.pending, detail)
+        self._take(background.evaluate_unfinished(self.eval_env))
 
     def _take(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:

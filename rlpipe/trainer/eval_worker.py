@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -82,11 +83,37 @@ def snapshot(model: BaseAlgorithm, seed: int) -> Snapshot:
     return Snapshot(int(model.num_timesteps), seed, weights, copy.deepcopy(norm.obs_rms) if norm else None)
 
 
+def evaluate_snapshot(policy: Any, env: VecEnv, shot: Snapshot, episodes: int) -> Outcome:
+    """Evaluate ``shot`` with ``policy`` (a policy of the same class, whose weights are replaced) on ``env``."""
+    import torch
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    clock = time.perf_counter()
+    policy.load_state_dict({k: torch.from_numpy(v) for k, v in shot.weights.items()})
+    if isinstance(env, VecNormalize):
+        env.obs_rms = shot.obs_rms
+    env.seed(shot.seed)
+    rewards, lengths = evaluate_policy(policy, env, n_eval_episodes=episodes, deterministic=True, warn=False,
+                                       return_episode_rewards=True)
+    # The same reduction evaluate_policy applies when it returns mean and std itself.
+    return Outcome(shot.timesteps, float(np.mean(rewards)), float(np.std(rewards)), time.perf_counter() - clock,
+                   int(np.sum(lengths)))
+
+
+def spawn_can_start() -> bool:
+    """Whether a spawned worker can start: spawn imports the parent's main script in the child, and a main
+    read from stdin (``python -``) has no file to import."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.exists(path)
+
+
 def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], jobs: Any, results: Any) -> None:
     """The worker process: build the env and policy once, then evaluate snapshots until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the trainer decides
     import torch
-    from stable_baselines3.common.evaluation import evaluate_policy
 
     import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
 
@@ -104,17 +131,8 @@ def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], j
                 continue
             if job is None:
                 break
-            clock = time.perf_counter()
             try:
-                policy.load_state_dict({k: torch.from_numpy(v) for k, v in job.weights.items()})
-                if isinstance(env, VecNormalize):
-                    env.obs_rms = job.obs_rms
-                env.seed(job.seed)
-                rewards, lengths = evaluate_policy(policy, env, n_eval_episodes=spec.episodes, deterministic=True,
-                                                   warn=False, return_episode_rewards=True)
-                # The same reduction evaluate_policy applies when it returns mean and std itself.
-                results.put(Outcome(job.timesteps, float(np.mean(rewards)), float(np.std(rewards)),
-                                    time.perf_counter() - clock, int(np.sum(lengths))))
+                results.put(evaluate_snapshot(policy, env, job, spec.episodes))
             except Exception:
                 results.put(Outcome(job.timesteps, error=traceback.format_exc(limit=5)))
     finally:
@@ -148,9 +166,12 @@ class BackgroundEvaluator:
         self._jobs = ctx.Queue()
         self._results = ctx.Queue()
         policy = model.policy
+        self._policy_class, self._policy_data = type(policy), policy._get_constructor_parameters()
+        self._episodes = spec.episodes
+        self._in_flight: dict[int, Snapshot] = {}  # kept until their result arrives
         self._process = ctx.Process(
             target=_serve, name="rlpipe-eval", daemon=True,
-            args=(spec, type(policy), policy._get_constructor_parameters(), self._jobs, self._results))
+            args=(spec, self._policy_class, self._policy_data, self._jobs, self._results))
         with _sigint_ignored():
             self._process.start()
         self.pending = 0
@@ -163,6 +184,7 @@ class BackgroundEvaluator:
             self.dead = True
             return False
         self._jobs.put(shot)
+        self._in_flight[shot.timesteps] = shot
         self.pending += 1
         return True
 
@@ -187,8 +209,17 @@ class BackgroundEvaluator:
                     break
                 continue
             self.pending -= 1
+            self._in_flight.pop(outcome.timesteps, None)
             done.append(outcome)
         return done
+
+    def evaluate_unfinished(self, env: VecEnv) -> list[Outcome]:
+        """Evaluate here, on ``env`` (built from the same spec), the snapshots the worker never returned."""
+        shots, self._in_flight, self.pending = list(self._in_flight.values()), {}, 0
+        if not shots:
+            return []
+        policy = self._policy_class(**self._policy_data)
+        return [evaluate_snapshot(policy, env, shot, self._episodes) for shot in shots]
 
     @property
     def exitcode(self) -> int | None:

@@ -39,7 +39,7 @@ from rlpipe.state import utcnow
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
 from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
-from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env
+from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,8 @@ class SessionTrainer:
             model, env, ckpt = self._prepare()
             resumed_from = ckpt.timesteps if ckpt else None
             self._checkpointed_at = resumed_from
-            background = BackgroundEvaluator(self._eval_spec(), model) if background_eval_for(s) else None
+            background = (BackgroundEvaluator(self._eval_spec(), model)
+                          if background_eval_for(s) and spawn_can_start() else None)
             budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
             evaluator = Evaluator(self._make_eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
                                   self.history, fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET,
