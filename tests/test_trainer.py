@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -220,43 +223,9 @@ def test_background_evaluation_records_what_in_process_evaluation_does(tmp_path:
     assert not multiprocessing.active_children()  # the worker is gone
 
 
-def test_background_worker_reports_a_failed_evaluation_and_the_trainer_falls_back(tmp_path: Path) -> None:
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
-
-    from rlpipe.trainer.callbacks import Evaluator
-    from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, Snapshot, make_eval_env, snapshot
-
-    spec = EvalEnvSpec("rlpipe/HeightMaximize-v0", {}, 1, 1, normalize=False, seed=0)
-    env = make_vec_env("rlpipe/HeightMaximize-v0", n_envs=1)
-    model = PPO("MlpPolicy", env, n_steps=64, seed=0, policy_kwargs={"net_arch": [8]})
-    worker = BackgroundEvaluator(spec, model)
-    history: list[dict] = []
-    evaluator = Evaluator(lambda: make_eval_env(spec), 64, 1, "s", 0, history, on_eval=lambda: None,
-                          fps=lambda: 0.0, seed=7, background=worker)
-    evaluator.init_callback(model)
-    try:
-        evaluator.evaluate()  # step 0, in the worker
-        worker.submit(Snapshot(64, 7, {"not": np.zeros(1)}, None))  # weights of another policy
-        evaluator.drain(None)
-        assert worker.pending == 0 and evaluator.background is None  # fell back after the failure
-        in_process = make_eval_env(spec)
-        in_process.seed(7)
-        expected, _ = evaluate_policy(model, in_process, n_eval_episodes=1, deterministic=True, warn=False)
-        in_process.close()
-        assert [h["timesteps"] for h in history] == [0]
-        assert history[0]["mean_reward"] == pytest.approx(float(expected))
-        evaluator.evaluate()  # now in this process: the same number
-        assert history[-1]["mean_reward"] == history[0]["mean_reward"]
-        assert snapshot(model, 7).weights.keys() == model.policy.state_dict().keys()
-    finally:
-        worker.close()
-        env.close()
-    assert worker.exitcode is not None
-
-
-def test_a_killed_worker_loses_no_evaluation() -> None:
+@contextmanager
+def _worker_and_evaluator() -> Iterator[tuple[Any, Any, list[dict], float]]:
+    """A PPO model, its background worker and an Evaluator using it; also the in-process reward (seed 7)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -267,24 +236,44 @@ def test_a_killed_worker_loses_no_evaluation() -> None:
     spec = EvalEnvSpec("rlpipe/HeightMaximize-v0", {}, 1, 1, normalize=False, seed=0)
     env = make_vec_env("rlpipe/HeightMaximize-v0", n_envs=1)
     model = PPO("MlpPolicy", env, n_steps=64, seed=0, policy_kwargs={"net_arch": [8]})
+    reference = make_eval_env(spec)
+    reference.seed(7)
+    expected, _ = evaluate_policy(model, reference, n_eval_episodes=1, deterministic=True, warn=False)
+    reference.close()
     worker = BackgroundEvaluator(spec, model)
     history: list[dict] = []
     evaluator = Evaluator(lambda: make_eval_env(spec), 64, 1, "s", 0, history, on_eval=lambda: None,
                           fps=lambda: 0.0, seed=7, background=worker)
     evaluator.init_callback(model)
     try:
+        yield worker, evaluator, history, float(expected)
+    finally:
+        worker.close()
+        env.close()
+    assert worker.exitcode is not None
+
+
+def test_background_worker_reports_a_failed_evaluation_and_the_trainer_falls_back() -> None:
+    from rlpipe.trainer.eval_worker import Snapshot, snapshot
+
+    with _worker_and_evaluator() as (worker, evaluator, history, expected):
+        evaluator.evaluate()  # step 0, in the worker
+        worker.submit(Snapshot(64, 7, {"not": np.zeros(1)}, None))  # weights of another policy
+        evaluator.drain(None)
+        assert worker.pending == 0 and evaluator.background is None  # fell back after the failure
+        assert [(h["timesteps"], h["mean_reward"]) for h in history] == [(0, pytest.approx(expected))]
+        evaluator.evaluate()  # now in this process: the same number
+        assert history[-1]["mean_reward"] == history[0]["mean_reward"]
+        assert snapshot(evaluator.model, 7).weights.keys() == evaluator.model.policy.state_dict().keys()
+
+
+def test_a_killed_worker_loses_no_evaluation() -> None:
+    with _worker_and_evaluator() as (worker, evaluator, history, expected):
         evaluator.evaluate()  # handed to the worker, which is still starting
         worker._process.kill()  # as by the OOM killer
         evaluator.drain(None)
         assert evaluator.background is None
-        reference = make_eval_env(spec)
-        reference.seed(7)
-        expected, _ = evaluate_policy(model, reference, n_eval_episodes=1, deterministic=True, warn=False)
-        reference.close()
-        assert [(h["timesteps"], h["mean_reward"]) for h in history] == [(0, pytest.approx(float(expected)))]
-    finally:
-        worker.close()
-        env.close()
+        assert [(h["timesteps"], h["mean_reward"]) for h in history] == [(0, pytest.approx(expected))]
 
 
 def test_resume_evaluates_a_checkpoint_whose_evaluation_was_lost(tmp_path: Path) -> None:
