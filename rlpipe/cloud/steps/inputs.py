@@ -5,8 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-import yaml
-
+from rlpipe import yamlsafe
 from rlpipe.cloud import naming
 from rlpipe.cloud.steps.context import Context, InvalidInput
 from rlpipe.cloud.store import CONFIGS_PREFIX, is_missing, parse_s3_uri
@@ -32,9 +31,9 @@ def _read_pipeline_object(ctx: Context, key: str, field: str) -> Any:
             raise InvalidInput(f"{field}: no such object {uri}") from None
         raise
     try:
-        return yaml.safe_load(body)  # JSON is YAML too
-    except yaml.YAMLError as err:
-        raise InvalidInput(f"{field}: {uri} is not valid YAML or JSON: {err}") from None
+        return yamlsafe.loads(body)  # JSON or YAML, with the same bounds as a local pipeline file
+    except yamlsafe.InputError as err:
+        raise InvalidInput(f"{field}: {uri}: {err}") from None
 
 
 def _validate(raw: Any, source: str, field: str) -> PipelineConfig:
