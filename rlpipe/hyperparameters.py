@@ -121,7 +121,7 @@ def spec(algorithm: str, name: str) -> Spec:
     return _BY_ALGORITHM.get((algorithm, name)) or SPECS[name]
 
 
-_AUTO = re.compile(r"^auto(_[0-9.eE+-]+)?$")
+_AUTO = re.compile(r"^auto(_.*)?$")
 
 
 def check(s: Spec, value: Any, name: str = "") -> tuple[Any, str | None]:
