@@ -286,7 +286,9 @@ def _load_include(base_dir: Path, include: Any, label: str) -> dict[str, Any] | 
     try:
         included = yamlsafe.load_file(base_dir / include)
     except yamlsafe.InputError as exc:
-        return Problem("config", f"{include}: " + (f"{exc.where}: " if exc.where else "") + exc.message, label)
+        named = exc.where or str(base_dir / include) not in exc.message  # file errors name the path already
+        return Problem("config", (f"{include}: " if named else "") + (f"{exc.where}: " if exc.where else "")
+                       + exc.message, label)
     if not isinstance(included, dict):
         return Problem("config", f"{include} must hold a mapping of session settings", label)
     return included

@@ -101,6 +101,15 @@ class _BoundedLoader(yaml.SafeLoader):
         self._path.pop()
         return node
 
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803 (PyYAML's name)
+        # Checked in the scanner too: before deciding on a '[' it looks up to 1024 characters ahead for a
+        # possible key, at a cost that grows with the number of open brackets.
+        if self.flow_level >= MAX_DEPTH:
+            mark = self.get_mark()
+            raise InputError(self._where(), f"nested more than {MAX_DEPTH} levels deep (line {mark.line + 1}, "
+                             f"column {mark.column + 1})")
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_mapping_node(self, anchor: str | None) -> MappingNode:
         node = super().compose_mapping_node(anchor)
         seen: dict[Any, Node] = {}
