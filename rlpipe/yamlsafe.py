@@ -127,7 +127,31 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except InputError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:  # int("1" * 5000), !!float abc
+            why = "a number of more than 4,300 digits" if "digits" in str(exc) else str(exc)
+            raise InputError("", f"cannot read the value at line {node.start_mark.line + 1}, column "
+                             f"{node.start_mark.column + 1}: {why}") from None
+
+
+def _as_text(loader: _BoundedLoader, node: Node) -> str:
+    return str(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+def _refuse(loader: _BoundedLoader, node: Node) -> Any:
+    raise InputError("", f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} (line {node.start_mark.line + 1}) "
+                     "has no JSON form; a pipeline holds mappings, lists, strings, numbers, booleans and null")
+
+
 _BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+.0123456789"))
+# The resolved pipeline is JSON (uploaded, fingerprinted): dates stay text, and types JSON lacks are refused.
+_BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", _as_text)
+for _tag in ("binary", "set", "omap", "pairs"):
+    _BoundedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse)
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:
@@ -169,7 +193,7 @@ def _loads_json(text: str) -> Any:
     try:
         data = json.loads(text, object_pairs_hook=_unique_pairs)
     except (ValueError, _DuplicateJsonKey):
-        return None
+        return None  # not JSON, a duplicate key or a number too long: the YAML pass names the line
     except RecursionError:
         raise InputError("", f"nested more than {MAX_DEPTH} levels deep") from None
     check_tree(data)

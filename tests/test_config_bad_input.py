@@ -126,6 +126,10 @@ CASES: list[tuple[str, Callable[[Path], Path], str]] = [
      f"session 'stand': eval.every_steps: Input should be less than or equal to {MAX_TIMESTEPS}"),
     ("checkpoint-every-huge", lambda d: write(d, pipeline(extra="    checkpoint: {every_steps: 99999999999999999}\n")),
      f"checkpoint.every_steps: Input should be less than or equal to {MAX_TIMESTEPS}"),
+    ("number-of-5000-digits", lambda d: write(d, pipeline(timesteps="9" * 5000)),
+     "cannot read the value at line 11, column 16: a number of more than 4,300 digits"),
+    ("binary-tag", lambda d: write(d, pipeline(extra="    env_kwargs: {blob: !!binary AAAA}\n")),
+     "the tag !!binary (line 12) has no JSON form"),
     ("seed-beyond-numpy", lambda d: write(d, pipeline(extra=f"    seed: {2**32}\n")),
      "session 'stand': seed: Input should be less than or equal to 2147483647"),
     ("volume-too-large", lambda d: write(d, pipeline(extra="    compute: {volume_size_gb: 1e9}\n")),
@@ -187,6 +191,11 @@ def test_plain_yaml_had_these_traps() -> None:
 ])
 def test_exponent_floats_are_numbers(text: str, value: Any) -> None:
     assert yamlsafe.loads(f"x: {text}")["x"] == value
+
+
+def test_dates_stay_text() -> None:
+    """YAML 1.1 timestamps would become datetime objects, which the JSON form of a pipeline lacks."""
+    assert yamlsafe.loads("a: 2025-01-01\nb: 2001-13-45\n") == {"a": "2025-01-01", "b": "2001-13-45"}
 
 
 def test_exponent_hyperparameters_are_accepted_as_numbers(tmp_path: Path) -> None:
