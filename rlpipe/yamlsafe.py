@@ -126,7 +126,6 @@ class _BoundedLoader(yaml.SafeLoader):
             seen[key] = key_node
         return node
 
-
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
