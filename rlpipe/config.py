@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import json
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -253,6 +254,14 @@ def _valid_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a wrong value can be a 20,000-item list."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxlong = 3, 8, 8, limit, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _problems_from(err: ValidationError, model: type[BaseModel], session: str | None,
                    prefix: tuple[Any, ...] = ()) -> list[Problem]:
     problems = []
@@ -267,7 +276,7 @@ def _problems_from(err: ValidationError, model: type[BaseModel], session: str | 
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] not in ("missing",) and "input" in e and not isinstance(e["input"], dict):
-                msg += f" (got {e['input']!r})"
+                msg += f" (got {_short_repr(e['input'])})"
         problems.append(Problem(field=field, message=msg, session=session))
     return problems
 

@@ -308,3 +308,15 @@ def test_start_run_refuses_bad_inline_pipelines(aws: dict[str, Any], pipeline_: 
         start(aws["ctx"], {"pipeline": pipeline_})
     assert expected in str(err.value), str(err.value)
     _no_run_created(aws)
+
+
+def test_wrong_values_are_shown_short() -> None:
+    """A wrong value within the bounds can still be large; the error line quotes only its start."""
+    from rlpipe.config import parse_pipeline
+
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline({"name": "x", "sessions": [{"name": "a", "env": "Hopper-v5", "timesteps": list(range(5000)),
+                                                   "n_envs": 1}]})
+    (problem,) = [str(p) for p in info.value.problems]
+    assert problem.startswith("session 'a': timesteps: Input should be a valid integer (got [0, 1, 2, 3,")
+    assert len(problem) < 200
