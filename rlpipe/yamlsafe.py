@@ -166,8 +166,7 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
 def decode(data: bytes) -> str:
     """``data`` as text: UTF-8 (a leading byte-order mark is dropped) within ``MAX_BYTES``."""
     if len(data) > MAX_BYTES:
-        raise InputError("", f"larger than {MAX_BYTES // 1024} KiB ({len(data):,} bytes); a pipeline file "
-                         "is a few KB")
+        raise InputError("", f"larger than {MAX_BYTES // 1024} KiB; a pipeline file is a few KB")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -279,6 +279,7 @@ def _no_run_created(aws: dict[str, Any]) -> None:  # noqa: F811
     (pipeline().encode("latin-1") + b"# \xff\n", "not UTF-8 text"),
     (pipeline(hp=", learning_rate: abc"), "defaults.hyperparameters.learning_rate: not a number"),
     ("[" * 100_000, "nested more than 32 levels deep"),
+    (b"#" * (4 * 1024 * 1024), "larger than 256 KiB"),  # read only up to the bound
 ])
 def test_start_run_refuses_bad_pipeline_objects(aws: dict[str, Any], body: str | bytes,  # noqa: F811
                                                 expected: str) -> None:
