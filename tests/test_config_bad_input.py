@@ -146,7 +146,8 @@ CASES: list[tuple[str, Callable[[Path], Path], str]] = [
 
 @pytest.mark.parametrize("build,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_a_named_error_fast_and_creates_nothing(tmp_path: Path, build: Callable[[Path], Path],
-                                                             expected: str) -> None:
+                                                             expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where `rlpipe run` would create runs/<name>
     path = build(tmp_path)
     before = sorted(os.listdir(tmp_path))
     started = time.perf_counter()
@@ -159,7 +160,7 @@ def test_bad_input_is_a_named_error_fast_and_creates_nothing(tmp_path: Path, bui
     assert elapsed < FAST_SECONDS, f"{elapsed:.2f}s"
 
     runner = CliRunner()
-    for args in (["validate", str(path)], ["run", str(path), "--output", str(tmp_path / "out")]):
+    for args in (["validate", str(path)], ["run", str(path)], ["run", str(path), "--output", str(tmp_path / "o")]):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, res.output
         assert expected in res.output.replace(str(tmp_path), "…"), res.output
