@@ -175,6 +175,8 @@ def test_bombs_in_the_cases_are_real() -> None:
     assert expanded_size(raw) > 9**9
     raw = yaml.safe_load(pipeline(extra=f"    env_kwargs: {laughs(mapping=True)}\n"))
     assert expanded_size(raw) > 9**9
+    raw = yaml.safe_load(pipeline().replace("net_arch: [16, 16]", f"net_arch: [16, 16], extra: {laughs()}"))
+    assert expanded_size(raw["defaults"]["hyperparameters"]["policy_kwargs"]) > 9**9
 
 
 def test_plain_yaml_had_these_traps() -> None:
