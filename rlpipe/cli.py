@@ -32,7 +32,7 @@ def _load(config: Path) -> PipelineConfig:
     except ConfigError as exc:
         err.print(f"[bold red]{exc.source}: {len(exc.problems)} problem(s)[/]", highlight=False)
         for p in exc.problems:
-            err.print(f"  {p}", markup=False, highlight=False)
+            err.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -11,13 +11,15 @@ import copy
 import difflib
 import hashlib
 import json
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from rlpipe import hyperparameters as hp_specs
+from rlpipe import yamlsafe
 from rlpipe.algorithms import ALGORITHMS
 
 # Session names become parts of SageMaker job names ([a-zA-Z0-9](-*[a-zA-Z0-9])*, <= 63 chars) together with
@@ -27,6 +29,7 @@ SESSION_NAME_MAX = 24
 PIPELINE_NAME_MAX = 40
 MAX_KEEP_ALIVE_SECONDS = 3600  # SageMaker's documented maximum for KeepAlivePeriodInSeconds
 MAX_RUNTIME_LIMIT = 28 * 24 * 3600  # SageMaker's MaxRuntimeInSeconds ceiling
+MAX_TIMESTEPS = hp_specs.MAX_STEPS  # exact as a JSON double (Step Functions payloads), far beyond 28 days
 
 
 class _Strict(BaseModel):
@@ -76,7 +79,7 @@ class Compute(_Strict):
 class EvalSettings(_Strict):
     """Periodic evaluation on a separate env with the frozen normalisation statistics."""
 
-    every_steps: int = Field(10000, gt=0)
+    every_steps: int = Field(10000, gt=0, le=MAX_TIMESTEPS)
     episodes: int = Field(5, gt=0, le=1000)
     background: bool | None = Field(None, description="evaluate in a second process while training goes on; "
                                     "default: when a core is spare and the session evaluates at least twice "
@@ -86,7 +89,7 @@ class EvalSettings(_Strict):
 class CheckpointSettings(_Strict):
     """Periodic checkpoints; a restarted session resumes from the newest valid one."""
 
-    every_steps: int = Field(10000, gt=0)
+    every_steps: int = Field(10000, gt=0, le=MAX_TIMESTEPS)
     keep: int = Field(2, ge=1, le=100)
 
 
@@ -136,13 +139,20 @@ class SessionSettings(_Strict):
             raise ValueError(f"unknown for {algorithm}: {', '.join(hints)}; valid: {', '.join(sorted(valid))}")
         return hps
 
+    @field_validator("hyperparameters")
+    @classmethod
+    def _typed_hyperparameters(cls, hps: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Types and ranges as SB3's constructor takes them; one error per key, at hyperparameters.<key>.
+        algorithm = info.data.get("algorithm")
+        return hps if algorithm is None else hp_specs.check_all(algorithm, hps)
+
 
 class SessionConfig(SessionSettings):
     """One fully resolved session."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=SESSION_NAME_MAX)
     env: str = Field(min_length=1)
-    timesteps: int = Field(gt=0)
+    timesteps: int = Field(gt=0, le=MAX_TIMESTEPS)
     use_previous_checkpoint: bool = False
     handoff: Handoff = Handoff()
 
@@ -244,6 +254,14 @@ def _valid_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a wrong value can be a 20,000-item list."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxlong = 3, 8, 8, limit, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _problems_from(err: ValidationError, model: type[BaseModel], session: str | None,
                    prefix: tuple[Any, ...] = ()) -> list[Problem]:
     problems = []
@@ -258,18 +276,40 @@ def _problems_from(err: ValidationError, model: type[BaseModel], session: str | 
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] not in ("missing",) and "input" in e and not isinstance(e["input"], dict):
-                msg += f" (got {e['input']!r})"
+                msg += f" (got {_short_repr(e['input'])})"
         problems.append(Problem(field=field, message=msg, session=session))
     return problems
 
 
 def _load_yaml(path: Path, what: str) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError([Problem(what, f"file not found: {path}")], str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(what, f"not valid YAML: {exc}")], str(path)) from None
+        return yamlsafe.load_file(path)
+    except yamlsafe.InputError as exc:
+        raise ConfigError([Problem(exc.where or what, exc.message)], str(path)) from None
+
+
+def _load_include(base_dir: Path, include: Any, label: str) -> dict[str, Any] | Problem:
+    """A session's ``config:`` file as a mapping, or the problem with it (named after the session)."""
+    if not isinstance(include, str) or not include.strip():
+        return Problem("config", f"expected a path to a YAML file of session settings (got {include!r})", label)
+    try:
+        included = yamlsafe.load_file(base_dir / include)
+    except yamlsafe.InputError as exc:
+        named = exc.where or str(base_dir / include) not in exc.message  # file errors name the path already
+        return Problem("config", (f"{include}: " if named else "") + (f"{exc.where}: " if exc.where else "")
+                       + exc.message, label)
+    if not isinstance(included, dict):
+        return Problem("config", f"{include} must hold a mapping of session settings", label)
+    return included
+
+
+def _input_problem(raw: Any) -> Problem | None:
+    """Parsed input beyond the loader's bounds (too deep, too large once shared parts are expanded)."""
+    try:
+        yamlsafe.check_tree(raw)
+    except yamlsafe.InputError as exc:
+        return Problem(exc.where or "(top level)", exc.message)
+    return None
 
 
 def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config",
@@ -281,6 +321,9 @@ def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config
     """
     if not isinstance(raw, dict):
         raise ConfigError([Problem("(top level)", "expected a mapping with keys name, defaults, sessions")], source)
+    too_big = _input_problem(raw)
+    if too_big is not None:
+        raise ConfigError([too_big], source)
     problems: list[Problem] = []
     for key in sorted(set(raw) - _TOP_KEYS):
         close = difflib.get_close_matches(key, sorted(_TOP_KEYS), n=1)
@@ -330,9 +373,9 @@ def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config
                 problems.append(Problem("config", "includes need a pipeline file; inline the session settings",
                                         label))
                 continue
-            included = _load_yaml((base_dir / str(include)), f"sessions[{index}].config")
-            if not isinstance(included, dict):
-                problems.append(Problem("config", f"{include} must hold a mapping of session settings", label))
+            included = _load_include(base_dir, include, label)
+            if isinstance(included, Problem):
+                problems.append(included)
                 continue
             entry = _deep_merge(included, entry)
         merged = _deep_merge(defaults, entry)

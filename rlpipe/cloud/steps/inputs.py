@@ -5,8 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-import yaml
-
+from rlpipe import yamlsafe
 from rlpipe.cloud import naming
 from rlpipe.cloud.steps.context import Context, InvalidInput
 from rlpipe.cloud.store import CONFIGS_PREFIX, is_missing, parse_s3_uri
@@ -26,15 +25,16 @@ def _unknown_field_message(key: str) -> str:
 def _read_pipeline_object(ctx: Context, key: str, field: str) -> Any:
     uri = ctx.store.uri(key)
     try:
-        body = ctx.store.get_bytes(key)
+        # At most one byte more than a pipeline may have: a huge object is refused without loading it.
+        body = ctx.store.s3.get_object(Bucket=ctx.store.bucket, Key=key)["Body"].read(yamlsafe.MAX_BYTES + 1)
     except Exception as err:
         if is_missing(err):
             raise InvalidInput(f"{field}: no such object {uri}") from None
         raise
     try:
-        return yaml.safe_load(body)  # JSON is YAML too
-    except yaml.YAMLError as err:
-        raise InvalidInput(f"{field}: {uri} is not valid YAML or JSON: {err}") from None
+        return yamlsafe.loads(body)  # JSON or YAML, with the same bounds as a local pipeline file
+    except yamlsafe.InputError as err:
+        raise InvalidInput(f"{field}: {uri}: {err}") from None
 
 
 def _validate(raw: Any, source: str, field: str) -> PipelineConfig:
