@@ -127,7 +127,7 @@ def build_plan(pipeline: PipelineConfig) -> Plan:
             notes.append("pool not kept: next session cannot reuse it")
         info = ALGORITHMS[s.algorithm]
         if not info.off_policy:
-            rollout = int(s.hyperparameters.get("n_steps", info.default_n_steps)) * (s.n_envs or 1)
+            rollout = int(s.hyperparameters.get("n_steps", info.default_n_steps)) * s.n_envs
             if s.timesteps % rollout:
                 notes.append(f"the last {s.timesteps % rollout} steps fill a partial rollout that is not trained on "
                              f"(budget not a multiple of n_steps x n_envs = {rollout})")

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rlpipe.contract import SESSION_FILE
+from rlpipe.outcome import SessionOutcome
 from rlpipe.state import RunState
 
 RUNS_PREFIX = "runs/"
@@ -220,13 +221,14 @@ class RunStore(S3Store):
         state.touch()
         self.put_json(self.keys.state, state.to_json())
 
-    def read_metrics(self, session: str) -> dict[str, Any] | None:
+    def read_outcome(self, session: str) -> SessionOutcome | None:
         """The session's metrics.json from its checkpoint prefix (None when absent or unreadable)."""
+        key = self.keys.metrics(session)
         try:
-            data = self.get_json_or_none(self.keys.metrics(session))
+            data = self.get_json_or_none(key)
         except ValueError:  # damaged JSON: the report still comes out, without this session's metrics
             return None
-        return data if isinstance(data, dict) else None
+        return SessionOutcome.read(data, self.uri(key))
 
     def put_report(self, kind: str, data: bytes) -> str:
         """Write one report file; returns its URI."""

@@ -13,31 +13,12 @@ from rlpipe.cloud.steps.pools import release_pool
 from rlpipe.cloud.steps.training_jobs import describe_job
 from rlpipe.config import PipelineConfig
 from rlpipe.plan import build_plan
-from rlpipe.state import RunState, SessionState, seconds_between, transition_seconds, utcnow
+from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger(__name__)
 
 # SageMaker reports capacity shortages as a failed job; a later attempt (a new job) may get capacity.
 CAPACITY_MARKERS = ("CapacityError", "InsufficientCapacity", "insufficient capacity")
-
-
-def _apply_metrics(st: SessionState, metrics: Mapping[str, Any] | None) -> float | None:
-    """Copy the trainer's metrics.json into the session; returns its transfer-evaluation seconds."""
-    if not metrics:
-        return None
-    timing = metrics.get("timing") or {}
-    if metrics.get("timesteps") is not None:
-        st.timesteps = int(metrics["timesteps"])
-    st.final_eval_reward = metrics.get("final_eval_reward", st.final_eval_reward)
-    st.best_eval_reward = metrics.get("best_eval_reward", st.best_eval_reward)
-    st.first_step_at = st.first_step_at or timing.get("first_step_at")
-    if timing.get("wall_seconds") is not None:
-        st.wall_seconds = float(timing["wall_seconds"])
-    if timing.get("ended_at"):
-        st.ended_at = timing["ended_at"]
-    if "carried" in metrics:
-        st.carried, st.reset = list(metrics.get("carried") or []), list(metrics.get("reset") or [])
-    return timing.get("transfer_eval_seconds")
 
 
 def _account(ledger: dict[str, Any], pipeline: PipelineConfig, state: RunState, index: int, job_name: str,
@@ -83,15 +64,16 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     st.job_name = job_name
     ledger = store.get_json_or_none(store.keys.jobs) or {}
     _account(ledger, pipeline, state, index, job_name, job)
-    transfer_eval = _apply_metrics(st, store.read_metrics(st.name))
+    outcome = store.read_outcome(st.name)
+    if outcome is not None:
+        st.apply(outcome)
     st.ended_at = st.ended_at or jobs.iso(job.get("TrainingEndTime")) or utcnow()
     if st.wall_seconds is None:  # reset per attempt by prepare_session
-        st.wall_seconds = seconds_between(jobs.iso(job.get("TrainingStartTime")), jobs.iso(job.get("TrainingEndTime")))
+        st.add_wall_seconds(jobs.iso(job.get("TrainingStartTime")), jobs.iso(job.get("TrainingEndTime")))
     _check_previous_pool(ctx, state, index, pipeline, ledger)
     store.put_json(store.keys.jobs, ledger)
-    prev = state.sessions[index - 1] if index else None
-    if prev is not None and st.transition_seconds is None:
-        st.transition_seconds = transition_seconds(prev.ended_at, st.first_step_at, transfer_eval)
+    if st.transition_seconds is None:
+        state.measure_transition(index)
 
     if status == "Completed":
         st.status, st.error = "completed", None

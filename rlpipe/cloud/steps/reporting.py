@@ -20,8 +20,8 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
     """Build the report with the same code as the local runner and write report.json/.md/.html (+ PNG)."""
     from rlpipe.report import build_report, render_html, render_markdown
 
-    metrics = {s.name: (store.read_metrics(s.name) if s.job_name else None) for s in state.sessions}
-    report = build_report(state, metrics)
+    outcomes = {s.name: (store.read_outcome(s.name) if s.job_name else None) for s in state.sessions}
+    report = build_report(state, outcomes)
     png: bytes | None = None
     try:
         from rlpipe.report import learning_curve_png
