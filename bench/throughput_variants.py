@@ -234,6 +234,7 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.sessions import throughput_session, write_session_root
+    from rlpipe.contract import METRICS_FILE
     from rlpipe.jsonio import read_json
     from rlpipe.trainer import callbacks as cb
     from rlpipe.trainer import eval_worker
@@ -279,7 +280,7 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
         paths = write_session_root(Path(tmp) / "root", s)
         result = trainer_session.SessionTrainer(paths, timings=trainer_timings).run()
         window = timer.result()  # read before the post-learn work below can move it
-        metrics = read_json(paths.model / "metrics.json") if result.status == "completed" else {}
+        metrics = read_json(paths.model / METRICS_FILE) if result.status == "completed" else {}
     return {**window, "torch_threads": torch.get_num_threads(), "n_envs": s.n_envs,
             "eval_every_steps": s.eval.every_steps, "checkpoint_every_steps": s.checkpoint.every_steps,
             "eval_episodes": s.eval.episodes,

@@ -23,14 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlpipe.config import PipelineConfig
-from rlpipe.contract import ContainerPaths, session_document
+from rlpipe.contract import COMMAND_FILE, LOG_FILE, RESOLVED_FILE, STATE_FILE, ContainerPaths, session_document
 from rlpipe.jsonio import read_json, write_json_atomic
 from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger("rlpipe.runner")
-
-STATE_FILE = "state.json"
-RESOLVED_FILE = "pipeline.resolved.json"
 
 
 class RunDirError(RuntimeError):
@@ -92,7 +89,7 @@ class LocalRunner:
         write_json_atomic(self.out_dir / STATE_FILE, self.state.to_json())
 
     def _attach_log(self) -> logging.Handler:
-        handler = logging.FileHandler(self.out_dir / "run.log")
+        handler = logging.FileHandler(self.out_dir / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("rlpipe").addHandler(handler)
         return handler
@@ -164,7 +161,7 @@ class LocalRunner:
             return self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
-        with open(self.out_dir / "command.txt", "a") as fh:
+        with open(self.out_dir / COMMAND_FILE, "a") as fh:
             fh.write(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n")
         handler = self._attach_log()
         self.state.status, self.state.ended_at, self.state.error = "running", None, None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from rlpipe.contract import SESSION_FILE
+from rlpipe.contract import METRICS_FILE, PLAN_FILE, REPORT_FILES, SESSION_FILE, STATE_FILE
 from rlpipe.outcome import SessionOutcome
 from rlpipe.state import RunState
 
@@ -42,8 +42,6 @@ _SESSIONS_DIR = "sessions/"
 _CONFIG_DIR = "config/"
 _OUTPUT_DIR = "output/"
 _TENSORBOARD_DIR = "tensorboard/"
-METRICS_FILE = "metrics.json"
-REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html", "png": "learning_curve.png"}
 _CONTENT_TYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8",
                   "html": "text/html; charset=utf-8", "png": "image/png"}
 
@@ -84,7 +82,7 @@ class RunKeys:
 
     @property
     def state(self) -> str:
-        return self.root + "state.json"
+        return self.root + STATE_FILE
 
     @property
     def pipeline(self) -> str:
@@ -92,7 +90,7 @@ class RunKeys:
 
     @property
     def plan(self) -> str:
-        return self.root + "plan.json"
+        return self.root + PLAN_FILE
 
     @property
     def attempts(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from rlpipe.contract import METRICS_FILE, REPORT_FILES, STATE_FILE, ContainerPaths
 from rlpipe.jsonio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from rlpipe.outcome import SessionOutcome
 from rlpipe.report.build import build_report
@@ -12,15 +13,13 @@ from rlpipe.state import RunState
 
 log = logging.getLogger(__name__)
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-CURVE_PNG = "learning_curve.png"
+REPORT_JSON, REPORT_MD, REPORT_HTML, CURVE_PNG = (REPORT_FILES[k] for k in ("json", "md", "html", "png"))
 
 
 def session_metrics_path(run_dir: Path, session: str) -> Path | None:
     """The session's metrics.json: the final one in its model dir, else the latest copy in its checkpoints."""
-    for candidate in (run_dir / session / "model" / "metrics.json", run_dir / session / "checkpoints" / "metrics.json"):
+    paths = ContainerPaths(run_dir / session)
+    for candidate in (paths.model / METRICS_FILE, paths.checkpoints / METRICS_FILE):
         if candidate.is_file():
             return candidate
     return None
@@ -45,7 +44,7 @@ def write_local_report(run_dir: Path) -> dict[str, Path]:
     ``markdown``, ``html`` and ``learning_curve`` (the last is missing when matplotlib is not installed).
     """
     run_dir = Path(run_dir)
-    state = RunState.model_validate(read_json(run_dir / "state.json"))
+    state = RunState.model_validate(read_json(run_dir / STATE_FILE))
     outcomes = {s.name: read_session_outcome(run_dir, s.name) for s in state.sessions}
     report = build_report(state, outcomes)
 

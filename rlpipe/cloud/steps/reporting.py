@@ -9,6 +9,7 @@ from typing import Any
 
 from rlpipe.cloud.steps.context import Context, sns_subject
 from rlpipe.cloud.store import RunKeys, RunStore
+from rlpipe.contract import REPORT_FILES
 from rlpipe.state import RunState
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
     store.put_report("json", json.dumps(report, indent=1).encode())
     if png:
         store.put_report("png", png)
-    store.put_report("md", render_markdown(report, curve_image="learning_curve.png" if png else None).encode())
+    store.put_report("md", render_markdown(report, curve_image=REPORT_FILES["png"] if png else None).encode())
     store.put_report("html", render_html(report, png).encode())
     return report
 
