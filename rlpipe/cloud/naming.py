@@ -1,4 +1,4 @@
-"""Names on AWS: run ids and training job names.
+"""Names on AWS: run ids, training job names and console links.
 
 A training job name is unique per account and region for good (SageMaker never frees one), at most 63
 characters of ``[a-zA-Z0-9](-*[a-zA-Z0-9])*``, and starts with the stack's job prefix and a hyphen, so that
@@ -95,3 +95,18 @@ def job_name(prefix: str, run_id: str, index: int, session: str, attempt: int) -
     if not is_valid_job_name(name):  # unreachable for valid prefixes and sessions; kept as a guard
         raise NamingError(f"cannot build a valid job name from {prefix!r}, {session!r}: {name!r}")
     return name
+
+
+def console_url(region: str, service: str, fragment: str) -> str:
+    """A page of the AWS console in ``region``: ``service`` (e.g. ``states``) and the page after ``#``."""
+    return f"https://{region}.console.aws.amazon.com/{service}/home?region={region}#{fragment}"
+
+
+def execution_console_url(region: str, execution_arn: str) -> str:
+    """A Step Functions execution in the console."""
+    return console_url(region, "states", f"/v2/executions/details/{execution_arn}")
+
+
+def job_console_url(region: str, job_name: str) -> str:
+    """A SageMaker training job in the console."""
+    return console_url(region, "sagemaker", f"/jobs/{job_name}")

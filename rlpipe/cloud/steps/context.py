@@ -14,6 +14,7 @@ from rlpipe.cloud.pacing import Timing
 from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import RunStore, S3Store
 from rlpipe.config import PipelineConfig
+from rlpipe.plan import Plan
 
 # SNS: a Subject is ASCII without line breaks and shorter than 100 characters.
 SUBJECT_MAX = 99
@@ -43,6 +44,7 @@ def reset_clients() -> None:
     """Forget cached clients and documents (tests start a fresh mocked AWS)."""
     _CLIENTS.clear()
     _PIPELINES.clear()
+    _PLANS.clear()
 
 
 @dataclass
@@ -96,6 +98,7 @@ def sns_subject(text: str) -> str:
 
 
 _PIPELINES: dict[tuple[str, str], PipelineConfig] = {}
+_PLANS: dict[tuple[str, str], Plan] = {}
 
 
 def load_pipeline(store: RunStore) -> PipelineConfig:
@@ -109,3 +112,13 @@ def load_pipeline(store: RunStore) -> PipelineConfig:
             _PIPELINES.clear()
         _PIPELINES[key] = PipelineConfig.model_validate(store.get_json(store.keys.pipeline))
     return _PIPELINES[key]
+
+
+def load_plan(store: RunStore) -> Plan:
+    """The run's plan as StartRun wrote it to ``plan.json`` (never changed: cached per Lambda container)."""
+    key = (store.bucket, store.run_id)
+    if key not in _PLANS:
+        if len(_PLANS) > 16:
+            _PLANS.clear()
+        _PLANS[key] = Plan.from_dict(store.get_json(store.keys.plan))
+    return _PLANS[key]

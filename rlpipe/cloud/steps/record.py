@@ -7,12 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rlpipe.cloud import jobs
-from rlpipe.cloud.steps.context import Context, load_pipeline
+from rlpipe.cloud.steps.context import Context, load_pipeline, load_plan
 from rlpipe.cloud.steps.loop import cursor
-from rlpipe.cloud.steps.pools import release_pool
-from rlpipe.cloud.steps.training_jobs import describe_job
 from rlpipe.config import PipelineConfig
-from rlpipe.plan import build_plan
 from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger(__name__)
@@ -36,13 +33,13 @@ def _check_previous_pool(ctx: Context, state: RunState, index: int, pipeline: Pi
     prev, st = state.sessions[index - 1], state.sessions[index]
     if not prev.job_name:
         return
-    job = describe_job(ctx, prev.job_name)
+    job = jobs.describe_job(ctx.sagemaker, prev.job_name)
     if not job:
         return
     pool = job.get("WarmPoolStatus") or {}
     st.reused_previous_pool = pool.get("ReusedByJob") == st.job_name
     _account(ledger, pipeline, state, index - 1, prev.job_name, job)  # the pool's idle time is billed by now
-    if pool.get("Status") == "Available" and release_pool(ctx, prev.job_name):  # not taken: stop paying now
+    if jobs.release_pool(ctx.sagemaker, prev.job_name, job):  # not taken: stop paying now
         prev.warm_pool_status = "Terminated"
 
 
@@ -57,9 +54,9 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     index, job_name, attempt_try = int(event["index"]), str(event["job_name"]), int(event.get("try", 0))
     state = store.load_state()
     pipeline = load_pipeline(store)
-    plan = build_plan(pipeline)
+    plan = load_plan(store)
     st = state.sessions[index]
-    job = describe_job(ctx, job_name) or {}
+    job = jobs.describe_job(ctx.sagemaker, job_name) or {}
     status = job.get("TrainingJobStatus", "Missing")
     st.job_name = job_name
     ledger = store.get_json_or_none(store.keys.jobs) or {}
@@ -82,7 +79,7 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         nxt = state.next_index()
         pool = jobs.pool_status(job)
         wait = bool(nxt is not None and plan.sessions[index].keep_alive_seconds > 0
-                    and pool not in ("Available", "Terminated", "Reused"))
+                    and not jobs.pool_settled(pool))
         log.info("session %s completed (job %s, pool %s); next: %s", st.name, job_name, pool, nxt)
         return cursor(state, nxt, wait_for_pool=wait, pool_polls_left=ctx.timing.pool_max_polls if wait else 0)
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from rlpipe.cloud.naming import execution_console_url
 from rlpipe.cloud.steps.context import Context, sns_subject
 from rlpipe.cloud.store import RunKeys, RunStore
 from rlpipe.contract import REPORT_FILES
@@ -46,8 +47,7 @@ def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[
              "report_console": f"https://{region}.console.aws.amazon.com/s3/object/{ctx.settings.bucket}"
                                f"?region={region}&prefix={key}"}
     if execution_arn:
-        links["execution"] = (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
-                              f"#/v2/executions/details/{execution_arn}")
+        links["execution"] = execution_console_url(region, execution_arn)
     return links
 
 
