@@ -6,10 +6,10 @@ or :class:`RunConflict`; Step Functions names the error after the exception clas
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from rlpipe.cloud.environment import LambdaSettings
 from rlpipe.cloud.pacing import Timing
 from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import RunStore, S3Store
@@ -63,12 +63,11 @@ class Context:
 
     @classmethod
     def from_env(cls) -> Context:
-        """Settings from ``RLPIPE_*`` variables, boto3 clients from the runtime's credentials."""
-        topic = os.environ.get("RLPIPE_TOPIC_ARN") or None
-        return cls(settings=StackSettings.from_env(), timing=Timing.from_env(), s3=client("s3"),
-                   sagemaker=client("sagemaker"), sns=client("sns") if topic else None, topic_arn=topic,
-                   default_pipeline_key=os.environ.get("RLPIPE_DEFAULT_PIPELINE_KEY") or None,
-                   region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+        """Settings from the environment (:class:`LambdaSettings`), boto3 clients from the runtime's credentials."""
+        env = LambdaSettings.from_env()
+        return cls(settings=env.stack, timing=env.timing, s3=client("s3"), sagemaker=client("sagemaker"),
+                   sns=client("sns") if env.topic_arn else None, topic_arn=env.topic_arn,
+                   default_pipeline_key=env.default_pipeline_key, region=env.region)
 
     def sfn(self) -> Any:
         """The Step Functions client (created on first use: only StartRun needs it)."""
