@@ -1,11 +1,9 @@
 """Names on AWS: run ids, training job names and console links.
 
-A training job name is unique per account and region for good (SageMaker never frees one), at most 63
-characters of ``[a-zA-Z0-9](-*[a-zA-Z0-9])*``, and starts with the stack's job prefix and a hyphen, so that
-IAM can scope every SageMaker permission to the jobs of this stack (:func:`job_name_pattern`; a plain
-``<prefix>*`` would also match the jobs of another stack whose prefix is ``rlpipe-dev``). It is built from the run, the
-session and the attempt, so a retried step recreates the same name (and finds its job) while a new attempt
-never collides with the job it replaces.
+A training job name is unique per account and region for good, at most 63 characters of
+``[a-zA-Z0-9](-*[a-zA-Z0-9])*``, and starts with ``<job prefix>-`` so IAM can scope SageMaker permissions to
+this stack's jobs (:func:`job_name_pattern`; ``<prefix>*`` would also match a stack prefixed ``rlpipe-dev``).
+Built from run, session and attempt: a retried step finds its job, a new attempt never collides.
 """
 
 from __future__ import annotations
