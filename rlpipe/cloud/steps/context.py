@@ -6,8 +6,9 @@ or :class:`RunConflict`; Step Functions names the error after the exception clas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from rlpipe.cloud.environment import LambdaSettings
 from rlpipe.cloud.pacing import Timing
@@ -15,6 +16,8 @@ from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import RunStore, S3Store
 from rlpipe.config import PipelineConfig
 from rlpipe.plan import Plan
+
+T = TypeVar("T")
 
 # SNS: a Subject is ASCII without line breaks and shorter than 100 characters.
 SUBJECT_MAX = 99
@@ -43,8 +46,7 @@ def client(service: str) -> Any:
 def reset_clients() -> None:
     """Forget cached clients and documents (tests start a fresh mocked AWS)."""
     _CLIENTS.clear()
-    _PIPELINES.clear()
-    _PLANS.clear()
+    _RUN_DOCUMENTS.clear()
 
 
 @dataclass
@@ -96,28 +98,24 @@ def sns_subject(text: str) -> str:
     return clean[:SUBJECT_MAX].rstrip() or "rlpipe"
 
 
-_PIPELINES: dict[tuple[str, str], PipelineConfig] = {}
-_PLANS: dict[tuple[str, str], Plan] = {}
+# Documents a run writes once at start and never changes, per Lambda container: (bucket, run, key) -> document.
+_RUN_DOCUMENTS: dict[tuple[str, str, str], Any] = {}
+
+
+def _run_document(store: RunStore, key: str, parse: Callable[[Any], T]) -> T:
+    cache_key = (store.bucket, store.run_id, key)
+    if cache_key not in _RUN_DOCUMENTS:
+        if len(_RUN_DOCUMENTS) > 32:
+            _RUN_DOCUMENTS.clear()
+        _RUN_DOCUMENTS[cache_key] = parse(store.get_json(key))
+    return _RUN_DOCUMENTS[cache_key]
 
 
 def load_pipeline(store: RunStore) -> PipelineConfig:
-    """The run's resolved pipeline (written once at start, never changed: cached per Lambda container).
-
-    Validated at start; re-reading the resolved form skips the env checks (they need no repeating).
-    """
-    key = (store.bucket, store.run_id)
-    if key not in _PIPELINES:
-        if len(_PIPELINES) > 16:
-            _PIPELINES.clear()
-        _PIPELINES[key] = PipelineConfig.model_validate(store.get_json(store.keys.pipeline))
-    return _PIPELINES[key]
+    """The run's resolved pipeline. Validated at start; re-reading the resolved form skips the env checks."""
+    return _run_document(store, store.keys.pipeline, PipelineConfig.model_validate)
 
 
 def load_plan(store: RunStore) -> Plan:
-    """The run's plan as StartRun wrote it to ``plan.json`` (never changed: cached per Lambda container)."""
-    key = (store.bucket, store.run_id)
-    if key not in _PLANS:
-        if len(_PLANS) > 16:
-            _PLANS.clear()
-        _PLANS[key] = Plan.from_dict(store.get_json(store.keys.plan))
-    return _PLANS[key]
+    """The run's plan as StartRun wrote it to ``plan.json``."""
+    return _run_document(store, store.keys.plan, Plan.from_dict)
