@@ -261,7 +261,7 @@ class SessionTrainer:
             return []  # none yet, or unreadable: the checkpoint's own list stands
 
     # -- outputs ------------------------------------------------------------------------------------------
-    def _metrics(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> SessionOutcome:
+    def _outcome(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> SessionOutcome:
         self.carried.sort(key=HANDOFF_ORDER.index)
         self.reset.sort(key=HANDOFF_ORDER.index)
         evaluations = sorted(self.history, key=lambda h: h["timesteps"])
@@ -309,7 +309,7 @@ class SessionTrainer:
         if self.timings is not None:
             self.timings("checkpoint", time.perf_counter() - clock)
 
-    def _write_metrics(self, outcome: SessionOutcome) -> None:
+    def _write_outcome(self, outcome: SessionOutcome) -> None:
         # Also beside the checkpoints: on AWS that prefix syncs to S3 as plain objects during training.
         for target in (self.paths.checkpoints / B.METRICS, self.paths.model / B.METRICS):
             write_json_atomic(target, outcome.to_json())
@@ -326,7 +326,7 @@ class SessionTrainer:
             "carried": self.carried, "reset": self.reset, "notes": self.notes, "created_at": utcnow(),
             "files": sorted(p.name for p in out.iterdir() if p.name != B.BUNDLE_META),
         })
-        self._write_metrics(outcome)
+        self._write_outcome(outcome)
         try:
             from rlpipe.report.plots import learning_curve_png
 
@@ -352,7 +352,7 @@ class SessionTrainer:
             budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
             evaluator = Evaluator(self._make_eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
                                   self.history, fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET,
-                                  on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)),
+                                  on_eval=lambda: self._write_outcome(self._outcome(model, budget_cb, False)),
                                   background=background)
             checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
             evaluator.init_callback(model)
@@ -375,7 +375,7 @@ class SessionTrainer:
             if steps < s.timesteps:
                 self._checkpoint(model, env)  # first: the stop window is short; evaluations merge on resume
                 evaluator.drain(STOP_DRAIN_SECONDS)
-                self._write_metrics(self._metrics(model, budget_cb, False))
+                self._write_outcome(self._outcome(model, budget_cb, False))
                 log.info("session %s: stopped at %d of %d steps; checkpoint saved", s.name, steps, s.timesteps)
                 return SessionResult("interrupted", steps, resumed_from)
             wait = STOP_DRAIN_SECONDS if self.stop.is_set() else None
@@ -385,7 +385,7 @@ class SessionTrainer:
                 evaluator.drain(wait)
             if background is not None:
                 background.stop()  # it exits while the bundle is written
-            outcome = self._metrics(model, budget_cb, True)
+            outcome = self._outcome(model, budget_cb, True)
             self._write_bundle(model, env, outcome)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
             return SessionResult("completed", steps, resumed_from, outcome)
