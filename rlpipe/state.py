@@ -53,6 +53,25 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _on_run_axis(evaluations: list[Evaluation], offset: int) -> list[Evaluation]:
+    """Evaluations with both step counts (session and run), sorted; those without a finite reward dropped."""
+    out = []
+    for e in evaluations:
+        mean = _finite(e.mean_reward)
+        run_steps = e.global_timesteps if e.global_timesteps is not None else \
+            None if e.timesteps is None else offset + e.timesteps
+        if mean is None or run_steps is None:
+            continue
+        out.append(Evaluation(timesteps=e.timesteps if e.timesteps is not None else run_steps - offset,
+                              global_timesteps=run_steps, mean_reward=mean,
+                              std_reward=_finite(e.std_reward) or 0.0, wall_seconds=_finite(e.wall_seconds)))
+    return sorted(out, key=lambda e: e.global_timesteps or 0)
+
+
 def handoff_notes(planned_carried: list[str], carried: list[str]) -> list[str]:
     """Where the trainer's actual carry differs from the plan, so no difference passes unnoticed."""
     notes = [f"planned to carry {part}, but it was not carried" for part in planned_carried if part not in carried]
@@ -113,24 +132,12 @@ class SessionState(BaseModel):
             self.global_timestep_offset = outcome.global_timestep_offset
         if outcome.timesteps is not None:
             self.timesteps = outcome.timesteps
-        offset = self.global_timestep_offset
-        evaluations = []
-        for e in outcome.evaluations:
-            mean = _finite(e.mean_reward)
-            global_steps = e.global_timesteps if e.global_timesteps is not None else \
-                None if e.timesteps is None else offset + e.timesteps
-            if mean is None or global_steps is None:
-                continue
-            evaluations.append(Evaluation(
-                timesteps=e.timesteps if e.timesteps is not None else global_steps - offset,
-                global_timesteps=global_steps, mean_reward=mean, std_reward=_finite(e.std_reward) or 0.0,
-                wall_seconds=_finite(e.wall_seconds)))
-        self.evaluations = sorted(evaluations, key=lambda e: e.global_timesteps or 0)
+        self.evaluations = _on_run_axis(outcome.evaluations, self.global_timestep_offset)
         rewards = [e.mean_reward for e in self.evaluations]
-        self.final_eval_reward = next((v for v in (_finite(outcome.final_eval_reward), rewards[-1] if rewards else
-                                                    None, self.final_eval_reward) if v is not None), None)
-        self.best_eval_reward = next((v for v in (_finite(outcome.best_eval_reward), max(rewards) if rewards else
-                                                   None, self.best_eval_reward) if v is not None), None)
+        self.final_eval_reward = _first(_finite(outcome.final_eval_reward), rewards[-1] if rewards else None,
+                                        self.final_eval_reward)
+        self.best_eval_reward = _first(_finite(outcome.best_eval_reward), max(rewards) if rewards else None,
+                                       self.best_eval_reward)
         timing = outcome.timing
         self.started_at = self.started_at or timing.started_at
         self.first_step_at = self.first_step_at or timing.first_step_at
