@@ -136,9 +136,11 @@ def _opens_after(algorithm_cls: type, model_kwargs: dict[str, Any]) -> int:
 
 
 def _algorithm(name: str) -> type:
-    from stable_baselines3 import A2C, PPO, SAC, TD3
+    import stable_baselines3
 
-    return {"ppo": PPO, "sac": SAC, "a2c": A2C, "td3": TD3}[name]
+    from rlpipe.algorithms import ALGORITHMS
+
+    return getattr(stable_baselines3, ALGORITHMS[name].sb3_class)
 
 
 def run_sb3_defaults(spec: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +234,7 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.sessions import throughput_session, write_session_root
+    from rlpipe.contract import METRICS_FILE
     from rlpipe.jsonio import read_json
     from rlpipe.trainer import callbacks as cb
     from rlpipe.trainer import eval_worker
@@ -239,7 +242,7 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
 
     s = throughput_session(spec["algorithm"], spec["env"], spec["timesteps"], spec.get("interval"),
                            background_eval=spec.get("background_eval"))
-    cls = trainer_session.ALGORITHM_CLASSES[s.algorithm]
+    cls = trainer_session.algorithm_class(s.algorithm)
     timer = install_window(_opens_after(cls, s.hyperparameters), None)
     periodic: dict[str, list[float]] = {"eval": [], "checkpoint": [], "eval_steps": [], "record": []}
 
@@ -269,13 +272,15 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
         return outcomes
 
     eval_worker.BackgroundEvaluator.collect = collect_recorded  # type: ignore[method-assign]
-    trainer_session.SessionTrainer._checkpoint = timed(  # type: ignore[method-assign]
-        "checkpoint", trainer_session.SessionTrainer._checkpoint)
+    def trainer_timings(kind: str, seconds: float) -> None:
+        if timer.is_open:
+            periodic[kind].append(seconds)
+
     with tempfile.TemporaryDirectory(prefix="rlpipe-bench-") as tmp:
         paths = write_session_root(Path(tmp) / "root", s)
-        result = trainer_session.SessionTrainer(paths).run()
+        result = trainer_session.SessionTrainer(paths, timings=trainer_timings).run()
         window = timer.result()  # read before the post-learn work below can move it
-        metrics = read_json(paths.model / "metrics.json") if result.status == "completed" else {}
+        metrics = read_json(paths.model / METRICS_FILE) if result.status == "completed" else {}
     return {**window, "torch_threads": torch.get_num_threads(), "n_envs": s.n_envs,
             "eval_every_steps": s.eval.every_steps, "checkpoint_every_steps": s.checkpoint.every_steps,
             "eval_episodes": s.eval.episodes,

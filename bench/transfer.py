@@ -21,6 +21,7 @@ from bench.figures import figure, ratio
 from bench.sessions import curriculum
 from bench.settings import Budgets
 from bench.throughput import run_child
+from rlpipe.contract import METRICS_FILE, STATE_FILE
 from rlpipe.jsonio import read_json
 
 log = logging.getLogger("bench.transfer")
@@ -56,9 +57,9 @@ def _task(kind: str, seed: int, budgets: Budgets, workdir: Path) -> dict[str, An
     if proc.returncode != 0:
         log.error("%s failed (see %s)", pipeline.name, workdir / f"{pipeline.name}.log")
         return {"kind": kind, "seed": seed, "error": "run failed", "wall_seconds": wall}
-    state = read_json(out / "state.json")
+    state = read_json(out / STATE_FILE)
     target = pipeline.sessions[-1]
-    metrics = read_json(out / target.name / "model" / "metrics.json")
+    metrics = read_json(out / target.name / "model" / METRICS_FILE)
     row: dict[str, Any] = {
         "kind": kind, "seed": seed, "session": target.name, "env": target.env, "timesteps": metrics["timesteps"],
         "final_eval_reward": metrics["final_eval_reward"], "best_eval_reward": metrics["best_eval_reward"],

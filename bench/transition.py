@@ -23,6 +23,7 @@ from bench.figures import figure
 from bench.sessions import curriculum, write_session_root
 from bench.settings import Budgets
 from bench.throughput import run_child
+from rlpipe.contract import METRICS_FILE, STATE_FILE
 from rlpipe.jsonio import read_json
 from rlpipe.state import seconds_between
 
@@ -45,7 +46,7 @@ def runner_transitions(budgets: Budgets, workdir: Path) -> dict[str, Any]:
         if proc.returncode != 0:
             log.error("transition run %d failed (see %s)", i, workdir / "children.log")
             continue
-        state = read_json(out / "state.json")
+        state = read_json(out / STATE_FILE)
         prev, nxt = state["sessions"][0], state["sessions"][1]
         rows.append({
             "transition_seconds": nxt["transition_seconds"],
@@ -72,7 +73,7 @@ def _cold_run(root: Path, workdir: Path) -> dict[str, Any]:
     exit_ = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"trainer failed in {root} (see {workdir / 'children.log'})")
-    timing = read_json(root / "model" / "metrics.json")["timing"]
+    timing = read_json(root / "model" / METRICS_FILE)["timing"]
     return {
         "spawn_to_main_seconds": seconds_between(_iso(spawn), timing["started_at"]),
         "main_to_first_step_seconds": seconds_between(timing["started_at"], timing["first_step_at"]),

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlpipe.config import ConfigError, PipelineConfig, json_schema, load_pipeline
+from rlpipe.contract import STATE_FILE
 from rlpipe.plan import build_plan
 
 app = typer.Typer(help="Curricula of stable-baselines3 sessions on MuJoCo, locally and on SageMaker.",
@@ -177,7 +178,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="local run directory")])
     """Rebuild report.json / report.md / report.html of a local run."""
     from rlpipe.report.local import write_local_report
 
-    if not (run_dir / "state.json").exists():
+    if not (run_dir / STATE_FILE).exists():
         err.print(f"[bold red]error[/]: {run_dir} holds no state.json (not a run directory)", highlight=False)
         raise typer.Exit(2)
     written = write_local_report(run_dir)

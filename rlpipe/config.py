@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from rlpipe import hyperparameters as hp_specs
 from rlpipe import yamlsafe
@@ -155,23 +155,27 @@ class SessionConfig(SessionSettings):
     timesteps: int = Field(gt=0, le=MAX_TIMESTEPS)
     use_previous_checkpoint: bool = False
     handoff: Handoff = Handoff()
+    n_envs: int = Field(None, ge=1, le=256,  # type: ignore[assignment]  # resolved by _default_n_envs
+                        description="default: 4 on-policy, 1 off-policy")
+
+    @field_validator("n_envs", mode="before")
+    @classmethod
+    def _default_n_envs(cls, n_envs: Any, info: ValidationInfo) -> Any:
+        if n_envs is not None:
+            return n_envs
+        algorithm = info.data.get("algorithm")
+        # An invalid algorithm is reported on its own; 1 only keeps this field from adding a second problem.
+        return ALGORITHMS[algorithm].default_n_envs if algorithm in ALGORITHMS else 1
 
     @field_validator("timesteps")
     @classmethod
     def _whole_vector_steps(cls, timesteps: int, info: ValidationInfo) -> int:
         # SB3 counts n_envs steps per vector step; a budget that is not a multiple could never be hit exactly.
-        algorithm = info.data.get("algorithm")
-        n_envs = info.data.get("n_envs") or (ALGORITHMS[algorithm].default_n_envs if algorithm else None)
+        n_envs = info.data.get("n_envs")
         if n_envs and timesteps % n_envs:
             nearest = max(n_envs, round(timesteps / n_envs) * n_envs)
             raise ValueError(f"must be a multiple of n_envs ({n_envs}), e.g. {nearest}")
         return timesteps
-
-    @model_validator(mode="after")
-    def _resolve(self) -> SessionConfig:
-        if self.n_envs is None:
-            self.n_envs = ALGORITHMS[self.algorithm].default_n_envs
-        return self
 
 
 class PipelineConfig(_Strict):
@@ -179,13 +183,6 @@ class PipelineConfig(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN, max_length=PIPELINE_NAME_MAX)
     sessions: list[SessionConfig] = Field(min_length=1)
-
-    def session(self, name: str) -> SessionConfig:
-        """The session called ``name``."""
-        for s in self.sessions:
-            if s.name == name:
-                return s
-        raise KeyError(name)
 
     def resolved(self) -> dict[str, Any]:
         """Plain JSON form with defaults applied and includes inlined: what runs and what is uploaded."""
@@ -220,7 +217,8 @@ class ConfigError(ValueError):
 
 
 _TOP_KEYS = {"name", "defaults", "sessions"}
-_SESSION_ONLY_KEYS = {"name", "env", "timesteps", "use_previous_checkpoint", "handoff", "config"}
+# A session's own fields (not settings ``defaults`` may give), and ``config``: the include of its settings.
+_SESSION_ONLY_KEYS = (set(SessionConfig.model_fields) - set(SessionSettings.model_fields)) | {"config"}
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

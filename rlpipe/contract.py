@@ -16,6 +16,21 @@ PREVIOUS_CHANNEL = "previous"  # the previous session's handoff bundle (a dir lo
 SESSION_FILE = "session.json"
 FAILURE_REASON_LIMIT = 1024  # SageMaker keeps the first 1024 chars of /opt/ml/output/failure
 
+# The handoff bundle (a session's model dir; model.tar.gz on AWS).
+MODEL_FILE = "model.zip"  # policy + optimizer, SB3 format
+VECNORMALIZE_FILE = "vecnormalize.pkl"
+REPLAY_BUFFER_FILE = "replay_buffer.pkl"  # off-policy
+BUNDLE_META_FILE = "bundle.json"  # counters, what was carried/reset
+METRICS_FILE = "metrics.json"  # the session's outcome (rlpipe.outcome); also beside the checkpoints
+CURVE_FILE = "learning_curve.png"  # in the bundle and beside a run's report
+# A run directory (runs/<pipeline> locally, s3://<bucket>/runs/<run_id>/ on AWS).
+STATE_FILE = "state.json"
+PLAN_FILE = "plan.json"
+RESOLVED_FILE = "pipeline.resolved.json"  # local; on AWS pipeline.json
+COMMAND_FILE = "command.txt"  # local: the commands that started or resumed the run
+LOG_FILE = "run.log"  # local: log of every attempt
+REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html", "png": CURVE_FILE}
+
 # One line per evaluation, e.g. "rlpipe-metric session=a step=4000 eval_mean_reward=12.5 ..."; SageMaker turns
 # these into CloudWatch metrics through MetricDefinitions (at most 40, one capture group each).
 METRIC_PREFIX = "rlpipe-metric"

@@ -7,7 +7,7 @@ requests (keep-alive only when the next session can reuse the pool).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -33,7 +33,7 @@ def can_reuse_pool(prev: SessionConfig, nxt: SessionConfig) -> tuple[bool, str]:
     p = prev.compute
     if not p.warm_pool.enabled or p.warm_pool.keep_alive_seconds == 0:
         return False, f"'{prev.name}' keeps no warm pool"
-    if p.spot or nxt.compute.spot:
+    if nxt.compute.spot:  # config validation already refuses a pool on a spot session (prev)
         return False, "warm pools cannot be combined with spot"
     if pool_key(prev) != pool_key(nxt):
         return False, "instance type, count or volume size differ"
@@ -78,6 +78,14 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Plan:
+        """Read back :meth:`to_dict` (keys it does not know, e.g. those ``plan.json`` adds, are ignored)."""
+        known = {f.name for f in fields(cls)} - {"sessions"}
+        session_fields = {f.name for f in fields(PlannedSession)}
+        return cls(sessions=[PlannedSession(**{k: v for k, v in s.items() if k in session_fields})
+                             for s in doc["sessions"]], **{k: v for k, v in doc.items() if k in known})
 
 
 def handoff_parts(s: SessionConfig) -> tuple[list[str], list[str]]:
@@ -127,7 +135,7 @@ def build_plan(pipeline: PipelineConfig) -> Plan:
             notes.append("pool not kept: next session cannot reuse it")
         info = ALGORITHMS[s.algorithm]
         if not info.off_policy:
-            rollout = int(s.hyperparameters.get("n_steps", info.default_n_steps)) * (s.n_envs or 1)
+            rollout = int(s.hyperparameters.get("n_steps", info.default_n_steps)) * s.n_envs
             if s.timesteps % rollout:
                 notes.append(f"the last {s.timesteps % rollout} steps fill a partial rollout that is not trained on "
                              f"(budget not a multiple of n_steps x n_envs = {rollout})")

@@ -23,14 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlpipe.config import PipelineConfig
-from rlpipe.contract import ContainerPaths, session_document
+from rlpipe.contract import COMMAND_FILE, LOG_FILE, RESOLVED_FILE, STATE_FILE, ContainerPaths, session_document
 from rlpipe.jsonio import read_json, write_json_atomic
-from rlpipe.state import RunState, seconds_between, transition_seconds, utcnow
+from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger("rlpipe.runner")
-
-STATE_FILE = "state.json"
-RESOLVED_FILE = "pipeline.resolved.json"
 
 
 class RunDirError(RuntimeError):
@@ -92,7 +89,7 @@ class LocalRunner:
         write_json_atomic(self.out_dir / STATE_FILE, self.state.to_json())
 
     def _attach_log(self) -> logging.Handler:
-        handler = logging.FileHandler(self.out_dir / "run.log")
+        handler = logging.FileHandler(self.out_dir / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("rlpipe").addHandler(handler)
         return handler
@@ -134,26 +131,21 @@ class LocalRunner:
             st.status, st.error = "failed", f"{type(exc).__name__}: {exc}"
             if isinstance(exc, KeyboardInterrupt):
                 st.status, st.error = "interrupted", "stopped by a second interrupt before a checkpoint"
-            st.wall_seconds = round((st.wall_seconds or 0) + (seconds_between(attempt_start, utcnow()) or 0), 3)
+            st.add_wall_seconds(attempt_start, utcnow())
             self._save()
             raise
         st.timesteps = result.timesteps
         if result.resumed_from is not None:
             st.resumed_from_timesteps = result.resumed_from
-        st.wall_seconds = round((st.wall_seconds or 0) + (seconds_between(attempt_start, utcnow()) or 0), 3)
-        if result.status == "completed":
-            m = result.metrics
-            st.status, st.ended_at = "completed", m["timing"]["ended_at"]
-            st.first_step_at = st.first_step_at or m["timing"]["first_step_at"]
-            st.final_eval_reward, st.best_eval_reward = m["final_eval_reward"], m["best_eval_reward"]
-            st.carried, st.reset = m["carried"], m["reset"]
+        st.add_wall_seconds(attempt_start, utcnow())
+        if result.status == "completed" and result.outcome is not None:
+            st.apply(result.outcome)
+            st.status = "completed"
             st.bundle = str(paths.model.relative_to(self.out_dir))
             # Only a session that started fresh right after the previous one measures a hand-over; after a
             # resume the gap would include downtime and earlier training.
-            if index and after_previous and st.attempts == 1:
-                st.transition_seconds = transition_seconds(self.state.sessions[index - 1].ended_at,
-                                                           st.first_step_at,
-                                                           m["timing"].get("transfer_eval_seconds"))
+            if after_previous and st.attempts == 1:
+                self.state.measure_transition(index)
         else:
             st.status = "interrupted"
         self._save()
@@ -169,7 +161,7 @@ class LocalRunner:
             return self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
-        with open(self.out_dir / "command.txt", "a") as fh:
+        with open(self.out_dir / COMMAND_FILE, "a") as fh:
             fh.write(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n")
         handler = self._attach_log()
         self.state.status, self.state.ended_at, self.state.error = "running", None, None

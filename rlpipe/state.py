@@ -6,13 +6,15 @@ Both drivers change it only through these models, so a report reads the same sha
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlpipe.config import PipelineConfig
-from rlpipe.plan import build_plan
+from rlpipe.outcome import Evaluation, SessionOutcome
+from rlpipe.plan import Plan, build_plan
 
 SessionStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
 RunStatus = Literal["pending", "running", "succeeded", "failed", "interrupted"]
@@ -46,6 +48,37 @@ def transition_seconds(prev_ended_at: str | None, first_step_at: str | None,
     return round(max(0.0, gap - (transfer_eval_seconds or 0.0)), 3)
 
 
+def _finite(value: float | None) -> float | None:
+    """``value`` if it is a finite number, else None (JSON has no NaN or infinity)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _on_run_axis(evaluations: list[Evaluation], offset: int) -> list[Evaluation]:
+    """Evaluations with both step counts (session and run), sorted; those without a finite reward dropped."""
+    out = []
+    for e in evaluations:
+        mean = _finite(e.mean_reward)
+        run_steps = e.global_timesteps if e.global_timesteps is not None else \
+            None if e.timesteps is None else offset + e.timesteps
+        if mean is None or run_steps is None:
+            continue
+        out.append(Evaluation(timesteps=e.timesteps if e.timesteps is not None else run_steps - offset,
+                              global_timesteps=run_steps, mean_reward=mean,
+                              std_reward=_finite(e.std_reward) or 0.0, wall_seconds=_finite(e.wall_seconds)))
+    return sorted(out, key=lambda e: e.global_timesteps or 0)
+
+
+def handoff_notes(planned_carried: list[str], carried: list[str]) -> list[str]:
+    """Where the trainer's actual carry differs from the plan, so no difference passes unnoticed."""
+    notes = [f"planned to carry {part}, but it was not carried" for part in planned_carried if part not in carried]
+    notes += [f"carried {part}, which the plan did not list" for part in carried if part not in planned_carried]
+    return notes
+
+
 class SessionState(BaseModel):
     """What is known about one session of a run."""
 
@@ -72,6 +105,13 @@ class SessionState(BaseModel):
     resumed_from_timesteps: int | None = None
     attempts: int = 0
     error: str | None = None
+    # From the trainer's outcome (metrics.json), see apply().
+    evaluations: list[Evaluation] = Field(default_factory=list)
+    fps: float | None = None
+    transfer_eval_seconds: float | None = None
+    notes: list[str] = Field(default_factory=list)
+    handoff_notes: list[str] = Field(default_factory=list)
+    handoff_source: Literal["plan", "trainer"] = "plan"
     # Filled by the AWS driver only.
     job_name: str | None = None
     training_seconds: float | None = None
@@ -81,6 +121,43 @@ class SessionState(BaseModel):
     reused_previous_pool: bool | None = None
     warm_pool_idle_seconds: float | None = None
     cost_usd: float | None = None
+
+    def apply(self, outcome: SessionOutcome) -> None:
+        """Take in the trainer's outcome: the one place that decides what of ``metrics.json`` enters the state.
+
+        The outcome is the authority on steps, rewards, evaluations, its end and what a warm start carried;
+        the state keeps its first step and wall time (they span attempts) and its status.
+        """
+        if outcome.global_timestep_offset is not None:
+            self.global_timestep_offset = outcome.global_timestep_offset
+        if outcome.timesteps is not None:
+            self.timesteps = outcome.timesteps
+        self.evaluations = _on_run_axis(outcome.evaluations, self.global_timestep_offset)
+        rewards = [e.mean_reward for e in self.evaluations]
+        self.final_eval_reward = _first(_finite(outcome.final_eval_reward), rewards[-1] if rewards else None,
+                                        self.final_eval_reward)
+        self.best_eval_reward = _first(_finite(outcome.best_eval_reward), max(rewards) if rewards else None,
+                                       self.best_eval_reward)
+        timing = outcome.timing
+        self.started_at = self.started_at or timing.started_at
+        self.first_step_at = self.first_step_at or timing.first_step_at
+        self.ended_at = timing.ended_at or self.ended_at
+        if self.wall_seconds is None:
+            self.wall_seconds = _finite(timing.wall_seconds)
+        self.fps = _finite(timing.fps)
+        self.transfer_eval_seconds = _finite(timing.transfer_eval_seconds)
+        if outcome.carried is not None or outcome.reset is not None:
+            carried = list(outcome.carried or [])
+            if self.handoff_source == "plan" and self.handoff_from:  # self.carried is still the plan's
+                self.handoff_notes = handoff_notes(self.carried, carried)
+            self.carried, self.reset, self.handoff_source = carried, list(outcome.reset or []), "trainer"
+        self.notes = [str(n) for n in outcome.notes]
+
+    def add_wall_seconds(self, start: str | None, end: str | None) -> None:
+        """Add the time from ``start`` to ``end`` to the session's wall time (it sums over attempts)."""
+        span = seconds_between(start, end)
+        if span is not None:
+            self.wall_seconds = round((self.wall_seconds or 0) + span, 3)
 
 
 class RunState(BaseModel):
@@ -99,9 +176,9 @@ class RunState(BaseModel):
     sessions: list[SessionState]
 
     @classmethod
-    def new(cls, pipeline: PipelineConfig, run_id: str) -> RunState:
-        """Fresh state for ``pipeline`` with every session pending."""
-        plan = build_plan(pipeline)
+    def new(cls, pipeline: PipelineConfig, run_id: str, plan: Plan | None = None) -> RunState:
+        """Fresh state for ``pipeline`` (planned as ``plan``, built when not given) with every session pending."""
+        plan = plan or build_plan(pipeline)
         sessions = [SessionState(name=p.name, env=p.env, algorithm=p.algorithm, timesteps_budget=p.timesteps,
                                  global_timestep_offset=p.global_timestep_offset,
                                  handoff_from=p.handoff_from, carried=p.carried, reset=p.reset)
@@ -119,6 +196,14 @@ class RunState(BaseModel):
     def next_index(self) -> int | None:
         """Index of the first session not completed (pending, interrupted or failed); None when all are done."""
         return next((i for i, s in enumerate(self.sessions) if s.status != "completed"), None)
+
+    def measure_transition(self, index: int) -> None:
+        """Session ``index``'s hand-over time: the previous session's end to its first step, step-0 evaluation
+        excluded (:func:`transition_seconds`). The drivers decide when a gap is a hand-over."""
+        if index:
+            st = self.sessions[index]
+            st.transition_seconds = transition_seconds(self.sessions[index - 1].ended_at, st.first_step_at,
+                                                       st.transfer_eval_seconds)
 
     def touch(self) -> None:
         """Mark the state as changed now."""

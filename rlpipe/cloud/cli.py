@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlpipe.cloud import naming
+from rlpipe.cloud.jobs import ACTIVE_JOB_STATUSES
 from rlpipe.cloud.naming import DEFAULT_STACK_NAME
 from rlpipe.cloud.requests import StackSettings, create_training_job_request
 from rlpipe.cloud.store import CONFIGS_PREFIX, REPORT_FILES, RunKeys, S3Store, execution_key, is_missing
@@ -88,10 +89,6 @@ class Stack:
     def store(self) -> S3Store:
         return S3Store(self.client("s3"), self.bucket)
 
-    def console_url(self, execution_arn: str) -> str:
-        return (f"https://{self.region}.console.aws.amazon.com/states/home?region={self.region}"
-                f"#/v2/executions/details/{execution_arn}")
-
 
 def _load(config: Path) -> PipelineConfig:
     try:
@@ -125,7 +122,7 @@ def start_run(stack: Stack, config: Path, name: str | None = None) -> dict[str, 
     sfn = stack.client("stepfunctions")
     arn = sfn.start_execution(stateMachineArn=stack.state_machine_arn, name=name,
                               input=json.dumps({"pipeline_s3_uri": uri}))["executionArn"]
-    return {"execution": name, "execution_arn": arn, "pipeline_s3_uri": uri, "console": stack.console_url(arn)}
+    return {"execution": name, "execution_arn": arn, "pipeline_s3_uri": uri, "console": naming.execution_console_url(stack.region, arn)}
 
 
 def resolve_run(stack: Stack, run: str) -> str:
@@ -222,8 +219,8 @@ def debug_job(stack: Stack, config: Path, session: str, *, instance_type: str | 
     cfg = pipeline.sessions[index].model_copy(update={"use_previous_checkpoint": False})
     if instance_type:
         cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"instance_type": instance_type})})
-    planned = build_plan(pipeline).sessions[index]
-    planned.keep_alive_seconds, planned.handoff_from = 0, None
+    # Planned as a pipeline of its own: no previous session to start from, no next one to keep a pool for.
+    planned = build_plan(PipelineConfig(name=pipeline.name, sessions=[cfg])).sessions[0]
     run_id = naming.new_run_id(f"debug-{pipeline.name}", datetime.now(timezone.utc), os.urandom(4).hex())
     job = naming.job_name(settings.job_prefix, run_id, 0, cfg.name, 1)
     keys = RunKeys(run_id)
@@ -232,9 +229,8 @@ def debug_job(stack: Stack, config: Path, session: str, *, instance_type: str | 
     request = create_training_job_request(settings, run_id=run_id, pipeline=pipeline.name, index=0, session=cfg,
                                           planned=planned, job_name=job, attempt=1, previous_bundle=None)
     stack.client("sagemaker").create_training_job(**request)
-    url = (f"https://{stack.region}.console.aws.amazon.com/sagemaker/home?region={stack.region}"
-           f"#/jobs/{job}")
-    return {"job_name": job, "run_id": run_id, "console": url, "request": request}
+    return {"job_name": job, "run_id": run_id, "console": naming.job_console_url(stack.region, job),
+            "request": request}
 
 
 def wait_for_job(stack: Stack, job: str, poll_seconds: float = 30) -> dict[str, Any]:
@@ -242,7 +238,7 @@ def wait_for_job(stack: Stack, job: str, poll_seconds: float = 30) -> dict[str, 
     sm = stack.client("sagemaker")
     while True:
         desc = sm.describe_training_job(TrainingJobName=job)
-        if desc["TrainingJobStatus"] not in ("InProgress", "Stopping"):
+        if desc["TrainingJobStatus"] not in ACTIVE_JOB_STATUSES:
             return desc
         console.print(f"{datetime.now():%H:%M:%S} {desc['TrainingJobStatus']} / {desc.get('SecondaryStatus')}")
         time.sleep(poll_seconds)

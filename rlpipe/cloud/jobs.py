@@ -18,6 +18,10 @@ from rlpipe.state import SessionState
 
 log = logging.getLogger(__name__)
 
+ACTIVE_JOB_STATUSES = ("InProgress", "Stopping")
+# WarmPoolStatus values of a pool that no longer serves a next job (taken by one, or ended).
+POOL_GONE = ("Reused", "Terminated")
+
 
 def describe_job(sagemaker: Any, job_name: str) -> dict[str, Any] | None:
     """DescribeTrainingJob, or None when there is no such job."""
@@ -37,9 +41,18 @@ def pool_status(job: Mapping[str, Any] | None) -> str | None:
     return ((job or {}).get("WarmPoolStatus") or {}).get("Status")
 
 
-def release_pool(sagemaker: Any, job_name: str) -> bool:
-    """End ``job_name``'s warm pool if it is still waiting (Available). Returns whether it released one."""
-    job = describe_job(sagemaker, job_name)
+def pool_settled(status: str | None) -> bool:
+    """Whether a pool has stopped changing on its own: waiting for the next job (Available) or gone."""
+    return status == "Available" or status in POOL_GONE
+
+
+def release_pool(sagemaker: Any, job_name: str, job: Mapping[str, Any] | None = None) -> bool:
+    """End ``job_name``'s warm pool if it is still waiting (Available). Returns whether it released one.
+
+    ``job`` is a fresh description of the job when the caller has one (else it is described here).
+    """
+    if job is None:
+        job = describe_job(sagemaker, job_name)
     if pool_status(job) != "Available":
         return False
     try:
@@ -63,7 +76,7 @@ def close_job(sagemaker: Any, job_name: str) -> bool:
     """
     job = describe_job(sagemaker, job_name)
     status = (job or {}).get("TrainingJobStatus")
-    if status not in ("InProgress", "Stopping"):
+    if status not in ACTIVE_JOB_STATUSES:
         return False
     if (job or {}).get("ResourceConfig", {}).get("KeepAlivePeriodInSeconds"):
         try:

@@ -1,11 +1,9 @@
-"""Names on AWS: run ids and training job names.
+"""Names on AWS: run ids, training job names and console links.
 
-A training job name is unique per account and region for good (SageMaker never frees one), at most 63
-characters of ``[a-zA-Z0-9](-*[a-zA-Z0-9])*``, and starts with the stack's job prefix and a hyphen, so that
-IAM can scope every SageMaker permission to the jobs of this stack (:func:`job_name_pattern`; a plain
-``<prefix>*`` would also match the jobs of another stack whose prefix is ``rlpipe-dev``). It is built from the run, the
-session and the attempt, so a retried step recreates the same name (and finds its job) while a new attempt
-never collides with the job it replaces.
+A training job name is unique per account and region for good, at most 63 characters of
+``[a-zA-Z0-9](-*[a-zA-Z0-9])*``, and starts with ``<job prefix>-`` so IAM can scope SageMaker permissions to
+this stack's jobs (:func:`job_name_pattern`; ``<prefix>*`` would also match a stack prefixed ``rlpipe-dev``).
+Built from run, session and attempt: a retried step finds its job, a new attempt never collides.
 """
 
 from __future__ import annotations
@@ -95,3 +93,18 @@ def job_name(prefix: str, run_id: str, index: int, session: str, attempt: int) -
     if not is_valid_job_name(name):  # unreachable for valid prefixes and sessions; kept as a guard
         raise NamingError(f"cannot build a valid job name from {prefix!r}, {session!r}: {name!r}")
     return name
+
+
+def console_url(region: str, service: str, fragment: str) -> str:
+    """A page of the AWS console in ``region``: ``service`` (e.g. ``states``) and the page after ``#``."""
+    return f"https://{region}.console.aws.amazon.com/{service}/home?region={region}#{fragment}"
+
+
+def execution_console_url(region: str, execution_arn: str) -> str:
+    """A Step Functions execution in the console."""
+    return console_url(region, "states", f"/v2/executions/details/{execution_arn}")
+
+
+def job_console_url(region: str, job_name: str) -> str:
+    """A SageMaker training job in the console."""
+    return console_url(region, "sagemaker", f"/jobs/{job_name}")

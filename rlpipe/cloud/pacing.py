@@ -1,12 +1,10 @@
 """How often the state machine polls a training job, and how many history events an execution will need.
 
-The Describe loop starts each job at ``min_poll_seconds`` and doubles the wait every round up to a cap, so a
-job that runs longer than planned costs a few more rounds, not many: the history estimate does not depend
-on the price table's throughput guess being right. The cap, ``max_poll_seconds``, is not raised for long
-runs: a job found ended late leaves its warm pool idling (billed) and may let its keep-alive run out; a run
-whose history would not fit is refused instead. The state machine carries the pacing in ``$.job.poll``
-(:meth:`Timing.poll`); :meth:`Timing.next_wait` is the rule its Choice and Pass states implement, and
-:meth:`Timing.polls_for` counts rounds with that same rule: one place for the formula.
+The wait starts at ``min_poll_seconds`` and doubles each round up to ``max_poll_seconds``, so a job longer
+than planned costs a few more rounds and the history estimate does not hang on the throughput guess. The cap
+is not raised for long runs (a job found ended late leaves its pool idling, billed); a run whose history would
+not fit is refused. :meth:`Timing.next_wait` is the rule the state machine's Choice and Pass states implement
+(carried in ``$.job.poll``) and :meth:`Timing.polls_for` counts with it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ operation. Nothing about a job is decided anywhere else.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,16 +25,13 @@ TAG_SESSION = "rlpipe:session"
 TAG_ATTEMPT = "rlpipe:attempt"
 
 
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
-
-
 @dataclass(frozen=True)
 class StackSettings:
     """What the stack decides for every job (and for warm-pool matching: role, VPC, KMS are the same for all).
 
-    The Lambdas read it from their environment (:meth:`from_env`), the CLI from the stack's
-    ``RequestSettings`` output (:meth:`document` written by the stack, :meth:`from_document` read back).
+    The Lambdas read it from their environment (:class:`rlpipe.cloud.environment.LambdaSettings`), the CLI
+    from the stack's ``RequestSettings`` output (:meth:`document` written by the stack, :meth:`from_document`
+    read back).
     """
 
     bucket: str
@@ -51,18 +47,6 @@ class StackSettings:
         check_job_prefix(self.job_prefix)
         if bool(self.subnet_ids) != bool(self.security_group_ids):
             raise ValueError("a VPC config needs both subnet ids and security group ids")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
-        """Read ``RLPIPE_*`` variables (set on each Lambda by the CDK construct)."""
-        env = os.environ if env is None else env
-        return cls(bucket=env["RLPIPE_BUCKET"], role_arn=env.get("RLPIPE_TRAINING_ROLE_ARN", ""),
-                   image_uri=env.get("RLPIPE_IMAGE_URI", ""),
-                   job_prefix=env.get("RLPIPE_JOB_PREFIX", DEFAULT_JOB_PREFIX),
-                   subnet_ids=_split(env.get("RLPIPE_SUBNET_IDS")),
-                   security_group_ids=_split(env.get("RLPIPE_SECURITY_GROUP_IDS")),
-                   kms_key_arn=env.get("RLPIPE_KMS_KEY_ARN") or None)
-
 
     def document(self) -> dict[str, Any]:
         """The settings as a JSON-able dict (the stack's ``RequestSettings`` output); tags are not included."""

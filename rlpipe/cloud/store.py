@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from rlpipe.contract import SESSION_FILE
+from rlpipe.contract import METRICS_FILE, PLAN_FILE, REPORT_FILES, SESSION_FILE, STATE_FILE
+from rlpipe.outcome import SessionOutcome
 from rlpipe.state import RunState
 
 RUNS_PREFIX = "runs/"
@@ -41,8 +42,6 @@ _SESSIONS_DIR = "sessions/"
 _CONFIG_DIR = "config/"
 _OUTPUT_DIR = "output/"
 _TENSORBOARD_DIR = "tensorboard/"
-METRICS_FILE = "metrics.json"
-REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html", "png": "learning_curve.png"}
 _CONTENT_TYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8",
                   "html": "text/html; charset=utf-8", "png": "image/png"}
 
@@ -83,7 +82,7 @@ class RunKeys:
 
     @property
     def state(self) -> str:
-        return self.root + "state.json"
+        return self.root + STATE_FILE
 
     @property
     def pipeline(self) -> str:
@@ -91,7 +90,7 @@ class RunKeys:
 
     @property
     def plan(self) -> str:
-        return self.root + "plan.json"
+        return self.root + PLAN_FILE
 
     @property
     def attempts(self) -> str:
@@ -220,13 +219,14 @@ class RunStore(S3Store):
         state.touch()
         self.put_json(self.keys.state, state.to_json())
 
-    def read_metrics(self, session: str) -> dict[str, Any] | None:
+    def read_outcome(self, session: str) -> SessionOutcome | None:
         """The session's metrics.json from its checkpoint prefix (None when absent or unreadable)."""
+        key = self.keys.metrics(session)
         try:
-            data = self.get_json_or_none(self.keys.metrics(session))
+            data = self.get_json_or_none(key)
         except ValueError:  # damaged JSON: the report still comes out, without this session's metrics
             return None
-        return data if isinstance(data, dict) else None
+        return SessionOutcome.read(data, self.uri(key))
 
     def put_report(self, kind: str, data: bytes) -> str:
         """Write one report file; returns its URI."""

@@ -1,9 +1,5 @@
-"""The run report's data (``report.json``): the run state joined with each session's ``metrics.json``.
-
-The same function serves the local runner and the AWS report Lambda, so it needs only the core (no
-matplotlib, no SB3). The state is the authority on status; ``metrics.json`` (written by the trainer) is the
-authority on rewards, evaluations and what a warm start really carried.
-"""
+"""The run report's data (``report.json``), from the run state alone; the core only (no matplotlib, no SB3),
+so the local runner and the AWS report Lambda share it."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from rlpipe.outcome import SessionOutcome
 from rlpipe.state import RunState, SessionState, seconds_between, utcnow
 
 REPORT_SCHEMA_VERSION = 1
@@ -23,6 +20,8 @@ _RUN_STATUS = {"pending": "running", "running": "running", "succeeded": "succeed
 # Filled by the AWS driver only; copied into a session's report entry when set.
 AWS_FIELDS = ("job_name", "training_seconds", "billable_seconds", "spot_savings", "warm_pool_status",
               "reused_previous_pool", "warm_pool_idle_seconds", "cost_usd")
+
+_EVALUATION_KEYS = {"timesteps", "global_timesteps", "mean_reward", "std_reward", "wall_seconds"}
 
 # Run totals over the AWS fields: report key -> session field.
 _AWS_TOTALS = {"total_cost_usd": "cost_usd", "total_billable_seconds": "billable_seconds",
@@ -41,16 +40,6 @@ def _num(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _int(value: Any) -> int | None:
-    f = _num(value)
-    return int(f) if f is not None else None
-
-
-def _first(*values: Any) -> Any:
-    """The first value that is not None."""
-    return next((v for v in values if v is not None), None)
-
-
 def _seconds(start: str | None, end: str | None) -> float | None:
     """:func:`seconds_between`, or None for timestamps it cannot compare (a report must not crash on them)."""
     try:
@@ -59,93 +48,38 @@ def _seconds(start: str | None, end: str | None) -> float | None:
         return None
 
 
-def _evaluations(metrics: Mapping[str, Any], offset: int) -> list[dict[str, Any]]:
-    """The session's evaluations on the global timestep axis, sorted, non-finite rewards dropped."""
-    out = []
-    for e in metrics.get("evaluations") or []:
-        if not isinstance(e, Mapping):
-            continue
-        mean = _num(e.get("mean_reward"))
-        steps = _int(e.get("timesteps"))
-        global_steps = _first(_int(e.get("global_timesteps")), None if steps is None else offset + steps)
-        if mean is None or global_steps is None:
-            continue
-        out.append({"timesteps": steps if steps is not None else global_steps - offset,
-                    "global_timesteps": global_steps, "mean_reward": mean,
-                    "std_reward": _num(e.get("std_reward")) or 0.0,
-                    "wall_seconds": _num(e.get("wall_seconds"))})
-    out.sort(key=lambda e: e["global_timesteps"])
-    return out
-
-
-def _handoff_notes(planned_carried: list[str], carried: list[str]) -> list[str]:
-    """Say where the trainer's actual carry differs from the plan, so no difference passes unnoticed."""
-    notes = []
-    for part in planned_carried:
-        if part not in carried:
-            notes.append(f"planned to carry {part}, but it was not carried")
-    for part in carried:
-        if part not in planned_carried:
-            notes.append(f"carried {part}, which the plan did not list")
-    return notes
-
-
-def _session_entry(index: int, s: SessionState, m: Mapping[str, Any] | None,
-                   prev: dict[str, Any] | None) -> dict[str, Any]:
-    m = m or {}
-    timing = m.get("timing") if isinstance(m.get("timing"), Mapping) else {}
-
-    offset = _first(_int(m.get("global_timestep_offset")), s.global_timestep_offset)
-
-    evaluations = _evaluations(m, offset)
-    rewards = [e["mean_reward"] for e in evaluations]
-    final_reward = _first(_num(m.get("final_eval_reward")), rewards[-1] if rewards else None,
-                          _num(s.final_eval_reward))
-    best_reward = _first(_num(m.get("best_eval_reward")), max(rewards) if rewards else None,
-                         _num(s.best_eval_reward))
-
-    first_step_at = _first(s.first_step_at, timing.get("first_step_at"))
-    ended_at = _first(s.ended_at, timing.get("ended_at"))
-    # The drivers decide what counts as a hand-over (rlpipe.state.transition_seconds); none is guessed here.
-    transition = _num(s.transition_seconds)
-
-    # What a warm start carried: the trainer's account when it has run, the plan's until then.
-    has_handoff_record = "carried" in m or "reset" in m
-    carried = list(m.get("carried") or []) if has_handoff_record else list(s.carried)
-    reset = list(m.get("reset") or []) if has_handoff_record else list(s.reset)
-    notes = [str(n) for n in (m.get("notes") or [])]
-    if has_handoff_record and s.handoff_from:
-        notes += _handoff_notes(s.carried, carried)
-
+def _session_entry(index: int, s: SessionState) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "index": index,
         "name": s.name,
         "env": s.env,
         "algorithm": s.algorithm,
         "status": s.status,
-        "timesteps": s.timesteps or _int(m.get("timesteps")) or 0,
+        "timesteps": s.timesteps,
         "timesteps_budget": s.timesteps_budget,
-        "global_timestep_offset": offset,
-        "started_at": _first(s.started_at, timing.get("started_at")),
-        "first_step_at": first_step_at,
-        "ended_at": ended_at,
-        "wall_seconds": _first(_num(s.wall_seconds), _num(timing.get("wall_seconds"))),
-        "transition_seconds": transition,
-        "fps": _num(timing.get("fps")),
-        "final_eval_reward": final_reward,
-        "best_eval_reward": best_reward,
+        "global_timestep_offset": s.global_timestep_offset,
+        "started_at": s.started_at,
+        "first_step_at": s.first_step_at,
+        "ended_at": s.ended_at,
+        "wall_seconds": _num(s.wall_seconds),
+        # The drivers decide what counts as a hand-over (RunState.measure_transition); none is guessed here.
+        "transition_seconds": _num(s.transition_seconds),
+        "fps": _num(s.fps),
+        "final_eval_reward": _num(s.final_eval_reward),
+        "best_eval_reward": _num(s.best_eval_reward),
         "handoff_from": s.handoff_from,
         "warm_started": s.handoff_from is not None,
-        "carried": carried,
-        "reset": reset,
-        "handoff_source": "trainer" if has_handoff_record else "plan",
-        "notes": notes,
+        # What a warm start carried: the trainer's account when it has run, the plan's until then.
+        "carried": list(s.carried),
+        "reset": list(s.reset),
+        "handoff_source": s.handoff_source,
+        "notes": s.notes + s.handoff_notes,
         "bundle": s.bundle,
         "resumed_from_timesteps": s.resumed_from_timesteps,
         "attempts": s.attempts,
         "error": s.error,
-        "has_metrics": bool(m),
-        "evaluations": evaluations,
+        "has_metrics": s.handoff_source == "trainer" or bool(s.evaluations),
+        "evaluations": [e.model_dump(mode="json", include=_EVALUATION_KEYS) for e in s.evaluations],
     }
     for name in AWS_FIELDS:
         value = getattr(s, name)
@@ -169,18 +103,20 @@ def _span_seconds(sessions: list[dict[str, Any]], run_ended_at: str | None) -> f
     return span if span is not None and span >= 0 else None
 
 
-def build_report(state: RunState, metrics: Mapping[str, dict | None]) -> dict[str, Any]:
-    """The content of ``report.json`` for ``state``, with ``metrics`` mapping session name to its metrics.json.
+def build_report(state: RunState, outcomes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``report.json`` for ``state``.
 
-    A session missing from ``metrics`` (or mapped to None) has not produced metrics yet; its entry then
-    holds what the state knows. ``total_wall_seconds`` spans the first session's start to the last known end,
-    falling back to the sum of session wall and transition times.
+    ``outcomes`` maps a session name to its latest ``metrics.json`` (parsed, or a :class:`SessionOutcome`),
+    applied to a copy of the state first (:meth:`SessionState.apply`); the report then reads the state only.
+    A session without one holds what the state knows. ``total_wall_seconds`` spans the first session's start
+    to the last known end, falling back to the sum of session wall and transition times.
     """
-    sessions: list[dict[str, Any]] = []
-    for i, s in enumerate(state.sessions):
-        m = metrics.get(s.name)
-        sessions.append(_session_entry(i, s, m if isinstance(m, Mapping) else None,
-                                       sessions[-1] if sessions else None))
+    state = state.model_copy(deep=True)
+    for s in state.sessions:
+        outcome = SessionOutcome.read((outcomes or {}).get(s.name), f"metrics of session '{s.name}'")
+        if outcome is not None:
+            s.apply(outcome)
+    sessions = [_session_entry(i, s) for i, s in enumerate(state.sessions)]
 
     walls = [s["wall_seconds"] for s in sessions if s["wall_seconds"] is not None]
     transitions = [s["transition_seconds"] for s in sessions if s["transition_seconds"] is not None]

@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
+from rlpipe.contract import METRICS_FILE, REPORT_FILES, STATE_FILE, ContainerPaths
 from rlpipe.jsonio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from rlpipe.outcome import SessionOutcome
 from rlpipe.report.build import build_report
 from rlpipe.report.render import render_html, render_markdown
 from rlpipe.state import RunState
 
 log = logging.getLogger(__name__)
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-CURVE_PNG = "learning_curve.png"
+REPORT_JSON, REPORT_MD, REPORT_HTML, CURVE_PNG = (REPORT_FILES[k] for k in ("json", "md", "html", "png"))
 
 
 def session_metrics_path(run_dir: Path, session: str) -> Path | None:
     """The session's metrics.json: the final one in its model dir, else the latest copy in its checkpoints."""
-    for candidate in (run_dir / session / "model" / "metrics.json", run_dir / session / "checkpoints" / "metrics.json"):
+    paths = ContainerPaths(run_dir / session)
+    for candidate in (paths.model / METRICS_FILE, paths.checkpoints / METRICS_FILE):
         if candidate.is_file():
             return candidate
     return None
 
 
-def read_session_metrics(run_dir: Path, session: str) -> dict[str, Any] | None:
-    """The session's metrics, or None when it has none yet (or they cannot be read)."""
+def read_session_outcome(run_dir: Path, session: str) -> SessionOutcome | None:
+    """The session's outcome, or None when it has none yet (or it cannot be read)."""
     path = session_metrics_path(run_dir, session)
     if path is None:
         return None
@@ -37,7 +35,7 @@ def read_session_metrics(run_dir: Path, session: str) -> dict[str, Any] | None:
     except (OSError, ValueError) as err:  # a report must still come out when one file is damaged
         log.warning("cannot read %s: %s", path, err)
         return None
-    return data if isinstance(data, dict) else None
+    return SessionOutcome.read(data, str(path))
 
 
 def write_local_report(run_dir: Path) -> dict[str, Path]:
@@ -46,9 +44,9 @@ def write_local_report(run_dir: Path) -> dict[str, Path]:
     ``markdown``, ``html`` and ``learning_curve`` (the last is missing when matplotlib is not installed).
     """
     run_dir = Path(run_dir)
-    state = RunState.model_validate(read_json(run_dir / "state.json"))
-    metrics = {s.name: read_session_metrics(run_dir, s.name) for s in state.sessions}
-    report = build_report(state, metrics)
+    state = RunState.model_validate(read_json(run_dir / STATE_FILE))
+    outcomes = {s.name: read_session_outcome(run_dir, s.name) for s in state.sessions}
+    report = build_report(state, outcomes)
 
     written: dict[str, Path] = {}
     png: bytes | None = None

@@ -12,6 +12,8 @@ import html
 from collections.abc import Callable
 from typing import Any
 
+from rlpipe.contract import CURVE_FILE
+
 # What each handoff part means when carried and when reset.
 PART_MEANING: dict[str, tuple[str, str]] = {
     "policy": ("network weights of the previous session's policy",
@@ -177,7 +179,7 @@ def _md_block(text: str) -> str:
     return f"{fence}text\n{text.rstrip()}\n{fence}"
 
 
-def render_markdown(report: dict[str, Any], curve_image: str | None = "learning_curve.png") -> str:
+def render_markdown(report: dict[str, Any], curve_image: str | None = CURVE_FILE) -> str:
     """A Markdown report. ``curve_image`` is the learning-curve file beside it (None leaves the image out)."""
     status = report.get("status", "running")
     out = [f"# Run report: {report.get('pipeline')}", "",

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlpipe.contract import (BUNDLE_META_FILE, CURVE_FILE, METRICS_FILE, MODEL_FILE, REPLAY_BUFFER_FILE,
+                             VECNORMALIZE_FILE)
 from rlpipe.jsonio import read_json
 
-MODEL = "model.zip"
-VECNORMALIZE = "vecnormalize.pkl"
-REPLAY_BUFFER = "replay_buffer.pkl"
-BUNDLE_META = "bundle.json"
-METRICS = "metrics.json"
-CURVE = "learning_curve.png"
+MODEL = MODEL_FILE
+VECNORMALIZE = VECNORMALIZE_FILE
+REPLAY_BUFFER = REPLAY_BUFFER_FILE
+BUNDLE_META = BUNDLE_META_FILE
+METRICS = METRICS_FILE
+CURVE = CURVE_FILE
 FORMAT_VERSION = 1
 
 

@@ -17,12 +17,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from stable_baselines3 import A2C, PPO, SAC, TD3
+import stable_baselines3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
@@ -35,6 +35,7 @@ from rlpipe.algorithms import ALGORITHMS
 from rlpipe.config import SessionConfig
 from rlpipe.contract import ContainerPaths
 from rlpipe.jsonio import read_json, write_json_atomic
+from rlpipe.outcome import SessionOutcome
 from rlpipe.state import utcnow
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
@@ -44,7 +45,6 @@ from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
 
 log = logging.getLogger(__name__)
 
-ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
 EVAL_SEED_OFFSET = 1_000_003  # keeps evaluation episodes apart from training episodes
 # Evaluation episodes run side by side in one DummyVecEnv so the policy is queried in batches: about twice
 # as fast as one env at a time for 5 episodes (bench/RESULTS.md).
@@ -63,7 +63,12 @@ class SessionResult:
     status: str  # "completed" | "interrupted"
     timesteps: int
     resumed_from: int | None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    outcome: SessionOutcome | None = None  # what metrics.json holds, for a completed session
+
+
+def algorithm_class(name: str) -> type[BaseAlgorithm]:
+    """The SB3 class of algorithm ``name`` (:attr:`AlgorithmInfo.sb3_class`)."""
+    return getattr(stable_baselines3, ALGORITHMS[name].sb3_class)
 
 
 def torch_threads_for(session: SessionConfig) -> int:
@@ -79,9 +84,9 @@ def torch_threads_for(session: SessionConfig) -> int:
 
 def choose_vec_env(session: SessionConfig) -> type[VecEnv]:
     """DummyVecEnv on small machines (process overhead outweighs parallel stepping on <= 2 cores)."""
-    if (session.n_envs or 1) > 1 and (
+    if session.n_envs > 1 and (
             session.vec_env == "subproc" or (session.vec_env == "auto" and (os.cpu_count() or 1) > 2
-                                             and (session.n_envs or 1) > 2)):
+                                             and session.n_envs > 2)):
         return SubprocVecEnv
     return DummyVecEnv
 
@@ -94,7 +99,7 @@ def background_eval_for(session: SessionConfig) -> bool:
         return session.eval.background
     busy = torch_threads_for(session)
     if choose_vec_env(session) is SubprocVecEnv:
-        busy += session.n_envs or 1
+        busy += session.n_envs
     evaluations_before_end = (session.timesteps - 1) // session.eval.every_steps
     return (os.cpu_count() or 1) > busy and evaluations_before_end >= 2
 
@@ -113,8 +118,11 @@ class SessionTrainer:
     """One session's training, from the paths of the container contract."""
 
     def __init__(self, paths: ContainerPaths, stop: threading.Event | None = None,
-                 progress: Callable[[int, int], None] | None = None, started_at: str | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, started_at: str | None = None,
+                 timings: Callable[[str, float], None] | None = None) -> None:
+        """``timings`` receives (kind, seconds) of work on the training loop besides stepping: ``checkpoint``."""
         self.paths = paths
+        self.timings = timings
         self.stop = stop or threading.Event()
         self.progress = progress
         self.started_at = started_at or utcnow()
@@ -127,7 +135,7 @@ class SessionTrainer:
         self.carried: list[str] = []
         self.reset: list[str] = []
         self.notes: list[str] = []
-        self.info = ALGORITHM_CLASSES[self.session.algorithm]
+        self.info = algorithm_class(self.session.algorithm)
         self.off_policy = issubclass(self.info, OffPolicyAlgorithm)
         self._scratch = Path(tempfile.mkdtemp(prefix="rlpipe-bundle-"))
         self._checkpointed_at: int | None = None
@@ -219,7 +227,7 @@ class SessionTrainer:
             self.reset.append("vecnormalize")
             self.notes.append("previous VecNormalize statistics unused: normalize is false in this session")
         # Different seeds after a resume so the restarted part does not replay the first episodes.
-        env = self._wrap_normalize(self._make_env(s.n_envs or 1, s.seed + start), stats)
+        env = self._wrap_normalize(self._make_env(s.n_envs, s.seed + start), stats)
         if ckpt is not None:
             model = self.info.load(str(ckpt.path / B.MODEL), env=env, device=s.device,
                                    tensorboard_log=str(self.paths.tensorboard))
@@ -253,12 +261,12 @@ class SessionTrainer:
             return []  # none yet, or unreadable: the checkpoint's own list stands
 
     # -- outputs ------------------------------------------------------------------------------------------
-    def _metrics(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> dict[str, Any]:
+    def _outcome(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> SessionOutcome:
         self.carried.sort(key=HANDOFF_ORDER.index)
         self.reset.sort(key=HANDOFF_ORDER.index)
         evaluations = sorted(self.history, key=lambda h: h["timesteps"])
         rewards = [h["mean_reward"] for h in evaluations]
-        return {
+        return SessionOutcome.model_validate({
             "session": self.session.name, "env": self.session.env, "algorithm": self.session.algorithm,
             "global_timestep_offset": self.global_offset, "timesteps": int(model.num_timesteps),
             "timesteps_budget": self.session.timesteps,
@@ -269,11 +277,10 @@ class SessionTrainer:
                        "first_step_at": budget_cb.first_step_at if budget_cb else None,
                        "ended_at": utcnow() if ended else None,
                        "fps": round(budget_cb.fps(), 1) if budget_cb else 0.0,
-                       # The step-0 evaluation of a warm start runs between start and first step.
                        "transfer_eval_seconds": self.transfer_eval_seconds},
             "carried": self.carried, "reset": self.reset, "notes": self.notes,
             "handoff_from": self.handoff_from,
-        }
+        })
 
     def _save_state(self, model: BaseAlgorithm, env: VecEnv, into: Path) -> None:
         model.save(str(into / B.MODEL))
@@ -286,6 +293,7 @@ class SessionTrainer:
         steps = int(model.num_timesteps)
         if steps == self._checkpointed_at:
             return
+        clock = time.perf_counter()
         directory = self.paths.checkpoints
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory / f".{checkpoint_name(steps)}"
@@ -298,13 +306,15 @@ class SessionTrainer:
         prune(directory, self.session.checkpoint.keep)
         self._checkpointed_at = steps
         log.info("session %s: checkpoint at %d steps", self.session.name, steps)
+        if self.timings is not None:
+            self.timings("checkpoint", time.perf_counter() - clock)
 
-    def _write_metrics(self, metrics: dict[str, Any]) -> None:
+    def _write_outcome(self, outcome: SessionOutcome) -> None:
         # Also beside the checkpoints: on AWS that prefix syncs to S3 as plain objects during training.
         for target in (self.paths.checkpoints / B.METRICS, self.paths.model / B.METRICS):
-            write_json_atomic(target, metrics)
+            write_json_atomic(target, outcome.to_json())
 
-    def _write_bundle(self, model: BaseAlgorithm, env: VecEnv, metrics: dict[str, Any]) -> None:
+    def _write_bundle(self, model: BaseAlgorithm, env: VecEnv, outcome: SessionOutcome) -> None:
         out = self.paths.model
         out.mkdir(parents=True, exist_ok=True)
         self._save_state(model, env, out)
@@ -316,12 +326,12 @@ class SessionTrainer:
             "carried": self.carried, "reset": self.reset, "notes": self.notes, "created_at": utcnow(),
             "files": sorted(p.name for p in out.iterdir() if p.name != B.BUNDLE_META),
         })
-        self._write_metrics(metrics)
+        self._write_outcome(outcome)
         try:
             from rlpipe.report.plots import learning_curve_png
 
             one = {"pipeline": self.doc.get("pipeline"), "run_id": self.doc.get("run_id"), "status": "completed",
-                   "sessions": [{"name": self.session.name, "status": "completed", **metrics,
+                   "sessions": [{"name": self.session.name, "status": "completed", **outcome.to_json(),
                                  "wall_seconds": None}]}
             (out / B.CURVE).write_bytes(learning_curve_png(one))
         except Exception as exc:  # a plot must never cost the bundle
@@ -342,7 +352,7 @@ class SessionTrainer:
             budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
             evaluator = Evaluator(self._make_eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
                                   self.history, fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET,
-                                  on_eval=lambda: self._write_metrics(self._metrics(model, budget_cb, False)),
+                                  on_eval=lambda: self._write_outcome(self._outcome(model, budget_cb, False)),
                                   background=background)
             checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
             evaluator.init_callback(model)
@@ -365,7 +375,7 @@ class SessionTrainer:
             if steps < s.timesteps:
                 self._checkpoint(model, env)  # first: the stop window is short; evaluations merge on resume
                 evaluator.drain(STOP_DRAIN_SECONDS)
-                self._write_metrics(self._metrics(model, budget_cb, False))
+                self._write_outcome(self._outcome(model, budget_cb, False))
                 log.info("session %s: stopped at %d of %d steps; checkpoint saved", s.name, steps, s.timesteps)
                 return SessionResult("interrupted", steps, resumed_from)
             wait = STOP_DRAIN_SECONDS if self.stop.is_set() else None
@@ -375,10 +385,10 @@ class SessionTrainer:
                 evaluator.drain(wait)
             if background is not None:
                 background.stop()  # it exits while the bundle is written
-            metrics = self._metrics(model, budget_cb, True)
-            self._write_bundle(model, env, metrics)
+            outcome = self._outcome(model, budget_cb, True)
+            self._write_bundle(model, env, outcome)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
-            return SessionResult("completed", steps, resumed_from, metrics)
+            return SessionResult("completed", steps, resumed_from, outcome)
         finally:
             if background is not None:
                 background.close()

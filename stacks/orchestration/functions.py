@@ -14,7 +14,9 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from rlpipe.cloud.naming import job_name_pattern
-from rlpipe.cloud.pacing import Timing, environment
+from rlpipe.cloud.environment import LambdaSettings
+from rlpipe.cloud.pacing import Timing
+from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import CHECKPOINTS_PREFIX, CONFIGS_PREFIX, EXECUTIONS_PREFIX, RUNS_PREFIX
 from stacks.orchestration.packaging import ARCHITECTURE, RUNTIME, handler_code, layer_code
 
@@ -102,26 +104,17 @@ class Functions(Construct):
         stack = Stack.of(self)
         self._job_prefix = job_prefix
         self._job_arn = job_arn(stack, job_prefix)
-        base_env = {
-            "RLPIPE_BUCKET": bucket.bucket_name,
-            "RLPIPE_JOB_PREFIX": job_prefix,
-            "POWERTOOLS_SERVICE_NAME": "rlpipe",
-            "POWERTOOLS_LOG_LEVEL": "INFO",
-            **environment(timing or Timing()),
-        }
+        settings = LambdaSettings(
+            StackSettings(bucket=bucket.bucket_name, role_arn=training_role.role_arn, image_uri=image_uri,
+                          job_prefix=job_prefix, subnet_ids=tuple(subnet_ids),
+                          security_group_ids=tuple(security_group_ids), kms_key_arn=kms_key_arn),
+            timing=timing or Timing(), topic_arn=topic.topic_arn, default_pipeline_key=default_pipeline_key)
         self.functions: dict[str, lambda_.Function] = {}
         self.roles: dict[str, iam.Role] = {}
         for name, spec in SPECS.items():
-            env = dict(base_env)
-            if name == "start_run":
-                env["RLPIPE_DEFAULT_PIPELINE_KEY"] = default_pipeline_key
-            if name == "prepare_session":
-                env.update({"RLPIPE_TRAINING_ROLE_ARN": training_role.role_arn, "RLPIPE_IMAGE_URI": image_uri,
-                            "RLPIPE_SUBNET_IDS": ",".join(subnet_ids),
-                            "RLPIPE_SECURITY_GROUP_IDS": ",".join(security_group_ids),
-                            "RLPIPE_KMS_KEY_ARN": kms_key_arn or ""})
-            if spec.publishes:
-                env["RLPIPE_TOPIC_ARN"] = topic.topic_arn
+            env = {"POWERTOOLS_SERVICE_NAME": "rlpipe", "POWERTOOLS_LOG_LEVEL": "INFO",
+                   **settings.environment(job_settings=name == "prepare_session", topic=spec.publishes,
+                                          default_pipeline=name == "start_run")}
             if spec.plots:
                 env["MPLCONFIGDIR"] = "/tmp/matplotlib"  # the only writable place in a Lambda
             self._add(name, spec, env, bucket, topic, default_pipeline_key, removal_policy)

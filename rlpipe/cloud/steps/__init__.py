@@ -14,7 +14,7 @@ The modules, each importing only those above it:
   errors a caller sees (:class:`InvalidInput`, :class:`RunConflict`), SNS subjects;
 * :mod:`~rlpipe.cloud.steps.inputs`: the execution input;
 * :mod:`~rlpipe.cloud.steps.loop`: the cursor, the pointer payload the state machine loops on;
-* :mod:`~rlpipe.cloud.steps.training_jobs`: describe a job, stop the run's active job;
+* :mod:`~rlpipe.cloud.steps.training_jobs`: stop the run's active job;
 * :mod:`~rlpipe.cloud.steps.pools`: warm pools (CheckPool, ReleaseUnusedPool, releasing a run's pools);
 * :mod:`~rlpipe.cloud.steps.start`: StartRun;
 * :mod:`~rlpipe.cloud.steps.prepare`: PrepareSession;
@@ -33,12 +33,12 @@ from rlpipe.cloud.steps.ending import cleanup_execution, fail_run, finish_run, r
 from rlpipe.cloud.steps.inputs import INPUT_FIELDS, read_input
 from rlpipe.cloud.steps.loop import cursor
 from rlpipe.cloud.steps.pools import (NO_POOL_CHECKS, NO_POOL_STATUS, STARTING_SECONDARY, check_pool,
-                                      release_pool, release_run_pools, release_unused_pool)
+                                      release_run_pools, release_unused_pool)
 from rlpipe.cloud.steps.prepare import prepare_session
 from rlpipe.cloud.steps.record import CAPACITY_MARKERS, record_session
 from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report
 from rlpipe.cloud.steps.start import execution_is_running, start_run
-from rlpipe.cloud.steps.training_jobs import ACTIVE_JOB_STATUSES, close_active_job, describe_job
+from rlpipe.cloud.steps.training_jobs import close_active_job
 
 __all__ = [
     # context
@@ -46,8 +46,8 @@ __all__ = [
     # execution input and the loop's cursor
     "INPUT_FIELDS", "read_input", "cursor",
     # SageMaker jobs and warm pools
-    "ACTIVE_JOB_STATUSES", "close_active_job", "describe_job",
-    "NO_POOL_CHECKS", "NO_POOL_STATUS", "STARTING_SECONDARY", "check_pool", "release_pool", "release_run_pools",
+    "close_active_job",
+    "NO_POOL_CHECKS", "NO_POOL_STATUS", "STARTING_SECONDARY", "check_pool", "release_run_pools",
     "release_unused_pool",
     # the Lambdas' steps
     "start_run", "execution_is_running", "prepare_session", "CAPACITY_MARKERS", "record_session",

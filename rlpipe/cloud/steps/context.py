@@ -6,14 +6,18 @@ or :class:`RunConflict`; Step Functions names the error after the exception clas
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from rlpipe.cloud.environment import LambdaSettings
 from rlpipe.cloud.pacing import Timing
 from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import RunStore, S3Store
 from rlpipe.config import PipelineConfig
+from rlpipe.plan import Plan
+
+T = TypeVar("T")
 
 # SNS: a Subject is ASCII without line breaks and shorter than 100 characters.
 SUBJECT_MAX = 99
@@ -42,7 +46,7 @@ def client(service: str) -> Any:
 def reset_clients() -> None:
     """Forget cached clients and documents (tests start a fresh mocked AWS)."""
     _CLIENTS.clear()
-    _PIPELINES.clear()
+    _RUN_DOCUMENTS.clear()
 
 
 @dataclass
@@ -61,12 +65,11 @@ class Context:
 
     @classmethod
     def from_env(cls) -> Context:
-        """Settings from ``RLPIPE_*`` variables, boto3 clients from the runtime's credentials."""
-        topic = os.environ.get("RLPIPE_TOPIC_ARN") or None
-        return cls(settings=StackSettings.from_env(), timing=Timing.from_env(), s3=client("s3"),
-                   sagemaker=client("sagemaker"), sns=client("sns") if topic else None, topic_arn=topic,
-                   default_pipeline_key=os.environ.get("RLPIPE_DEFAULT_PIPELINE_KEY") or None,
-                   region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+        """Settings from the environment (:class:`LambdaSettings`), boto3 clients from the runtime's credentials."""
+        env = LambdaSettings.from_env()
+        return cls(settings=env.stack, timing=env.timing, s3=client("s3"), sagemaker=client("sagemaker"),
+                   sns=client("sns") if env.topic_arn else None, topic_arn=env.topic_arn,
+                   default_pipeline_key=env.default_pipeline_key, region=env.region)
 
     def sfn(self) -> Any:
         """The Step Functions client (created on first use: only StartRun needs it)."""
@@ -95,17 +98,24 @@ def sns_subject(text: str) -> str:
     return clean[:SUBJECT_MAX].rstrip() or "rlpipe"
 
 
-_PIPELINES: dict[tuple[str, str], PipelineConfig] = {}
+# Documents a run writes once at start and never changes, per Lambda container: (bucket, run, key) -> document.
+_RUN_DOCUMENTS: dict[tuple[str, str, str], Any] = {}
+
+
+def _run_document(store: RunStore, key: str, parse: Callable[[Any], T]) -> T:
+    cache_key = (store.bucket, store.run_id, key)
+    if cache_key not in _RUN_DOCUMENTS:
+        if len(_RUN_DOCUMENTS) > 32:
+            _RUN_DOCUMENTS.clear()
+        _RUN_DOCUMENTS[cache_key] = parse(store.get_json(key))
+    return _RUN_DOCUMENTS[cache_key]
 
 
 def load_pipeline(store: RunStore) -> PipelineConfig:
-    """The run's resolved pipeline (written once at start, never changed: cached per Lambda container).
+    """The run's resolved pipeline. Validated at start; re-reading the resolved form skips the env checks."""
+    return _run_document(store, store.keys.pipeline, PipelineConfig.model_validate)
 
-    Validated at start; re-reading the resolved form skips the env checks (they need no repeating).
-    """
-    key = (store.bucket, store.run_id)
-    if key not in _PIPELINES:
-        if len(_PIPELINES) > 16:
-            _PIPELINES.clear()
-        _PIPELINES[key] = PipelineConfig.model_validate(store.get_json(store.keys.pipeline))
-    return _PIPELINES[key]
+
+def load_plan(store: RunStore) -> Plan:
+    """The run's plan as StartRun wrote it to ``plan.json``."""
+    return _run_document(store, store.keys.plan, Plan.from_dict)

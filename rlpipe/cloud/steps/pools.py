@@ -8,7 +8,6 @@ from typing import Any
 
 from rlpipe.cloud import jobs
 from rlpipe.cloud.steps.context import Context
-from rlpipe.cloud.steps.training_jobs import describe_job
 from rlpipe.state import RunState
 
 log = logging.getLogger(__name__)
@@ -21,16 +20,11 @@ NO_POOL_CHECKS = 3
 NO_POOL_STATUS = "none kept (check the warm-pool service quota)"
 
 
-def release_pool(ctx: Context, job_name: str) -> bool:
-    """End ``job_name``'s warm pool if it is still waiting (Available). Returns whether it released one."""
-    return jobs.release_pool(ctx.sagemaker, job_name)
-
-
 def release_run_pools(ctx: Context, state: RunState, only: set[str] | None = None) -> list[str]:
     """Release every pool of the run (or of the jobs in ``only``) still waiting for a job."""
     released = []
     for st in state.sessions:
-        if st.job_name and (only is None or st.job_name in only) and release_pool(ctx, st.job_name):
+        if st.job_name and (only is None or st.job_name in only) and jobs.release_pool(ctx.sagemaker, st.job_name):
             st.warm_pool_status = "Terminated"
             released.append(st.job_name)
     return released
@@ -60,13 +54,13 @@ def check_pool(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """
     out = dict(event["cursor"])
     job_name = str(event["job_name"])
-    job = describe_job(ctx, job_name) or {}
+    job = jobs.describe_job(ctx.sagemaker, job_name) or {}
     status = jobs.pool_status(job)
     left = int(out.get("pool_polls_left", 0)) - 1
     out["pool_polls_left"] = max(left, 0)
     polls_done = ctx.timing.pool_max_polls - left
     no_pool = status is None and job.get("TrainingJobStatus") == "Completed" and polls_done >= NO_POOL_CHECKS
-    if status in ("Available", "Terminated", "Reused") or left <= 0 or no_pool:
+    if jobs.pool_settled(status) or left <= 0 or no_pool:
         out["wait_for_pool"] = False
         if no_pool:
             log.warning("job %s kept no warm pool; check the warm-pool service quota of its instance type",
@@ -86,7 +80,8 @@ def release_unused_pool(event: Mapping[str, Any], ctx: Context) -> dict[str, Any
     next round. Event: ``{"run_id", "job_name"}`` (the previous job). Returns ``$.job.previous_pool``.
     """
     job_name = str(event["job_name"])
-    status = jobs.pool_status(describe_job(ctx, job_name))
-    if status == "Available" and release_pool(ctx, job_name):
+    job = jobs.describe_job(ctx.sagemaker, job_name)
+    status = jobs.pool_status(job)
+    if jobs.release_pool(ctx.sagemaker, job_name, job):
         _set_pool_status(ctx, event.get("run_id"), job_name, "Terminated")
     return {"pending": status == "InUse", "job_name": job_name}

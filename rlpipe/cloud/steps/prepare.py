@@ -6,13 +6,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from rlpipe.cloud import naming
+from rlpipe.cloud import jobs, naming
 from rlpipe.cloud.requests import create_training_job_request
-from rlpipe.cloud.steps.context import Context, load_pipeline
+from rlpipe.cloud.steps.context import Context, load_pipeline, load_plan
 from rlpipe.cloud.steps.pools import NO_POOL_STATUS
 from rlpipe.cloud.store import RunStore
 from rlpipe.contract import session_document
-from rlpipe.plan import Plan, build_plan
+from rlpipe.plan import Plan
 from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _previous_pool(plan: Plan, state: RunState, index: int) -> dict[str, Any]:
     """``$.job.previous_pool``: whether the previous job kept a pool that this job may not take over."""
     prev = state.sessions[index - 1] if index else None
     pending = bool(prev is not None and prev.job_name and plan.sessions[index - 1].keep_alive_seconds > 0
-                   and prev.warm_pool_status not in ("Reused", "Terminated", NO_POOL_STATUS))
+                   and prev.warm_pool_status not in (*jobs.POOL_GONE, NO_POOL_STATUS))
     return {"pending": pending, "job_name": prev.job_name if prev is not None and prev.job_name else ""}
 
 
@@ -47,7 +47,7 @@ def prepare_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     index = int(event["index"])
     state = store.load_state()
     pipeline = load_pipeline(store)
-    plan: Plan = build_plan(pipeline)
+    plan = load_plan(store)
     session, planned, st = pipeline.sessions[index], plan.sessions[index], state.sessions[index]
     attempt = _attempt_number(store, index, f"{event['execution']}#{int(event.get('try', 0))}", st.attempts)
     name = naming.job_name(ctx.settings.job_prefix, state.run_id, index, session.name, attempt)

@@ -7,37 +7,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from rlpipe.cloud import jobs
-from rlpipe.cloud.steps.context import Context, load_pipeline
+from rlpipe.cloud.steps.context import Context, load_pipeline, load_plan
 from rlpipe.cloud.steps.loop import cursor
-from rlpipe.cloud.steps.pools import release_pool
-from rlpipe.cloud.steps.training_jobs import describe_job
 from rlpipe.config import PipelineConfig
-from rlpipe.plan import build_plan
-from rlpipe.state import RunState, SessionState, seconds_between, transition_seconds, utcnow
+from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger(__name__)
 
 # SageMaker reports capacity shortages as a failed job; a later attempt (a new job) may get capacity.
 CAPACITY_MARKERS = ("CapacityError", "InsufficientCapacity", "insufficient capacity")
-
-
-def _apply_metrics(st: SessionState, metrics: Mapping[str, Any] | None) -> float | None:
-    """Copy the trainer's metrics.json into the session; returns its transfer-evaluation seconds."""
-    if not metrics:
-        return None
-    timing = metrics.get("timing") or {}
-    if metrics.get("timesteps") is not None:
-        st.timesteps = int(metrics["timesteps"])
-    st.final_eval_reward = metrics.get("final_eval_reward", st.final_eval_reward)
-    st.best_eval_reward = metrics.get("best_eval_reward", st.best_eval_reward)
-    st.first_step_at = st.first_step_at or timing.get("first_step_at")
-    if timing.get("wall_seconds") is not None:
-        st.wall_seconds = float(timing["wall_seconds"])
-    if timing.get("ended_at"):
-        st.ended_at = timing["ended_at"]
-    if "carried" in metrics:
-        st.carried, st.reset = list(metrics.get("carried") or []), list(metrics.get("reset") or [])
-    return timing.get("transfer_eval_seconds")
 
 
 def _account(ledger: dict[str, Any], pipeline: PipelineConfig, state: RunState, index: int, job_name: str,
@@ -55,13 +33,13 @@ def _check_previous_pool(ctx: Context, state: RunState, index: int, pipeline: Pi
     prev, st = state.sessions[index - 1], state.sessions[index]
     if not prev.job_name:
         return
-    job = describe_job(ctx, prev.job_name)
+    job = jobs.describe_job(ctx.sagemaker, prev.job_name)
     if not job:
         return
     pool = job.get("WarmPoolStatus") or {}
     st.reused_previous_pool = pool.get("ReusedByJob") == st.job_name
     _account(ledger, pipeline, state, index - 1, prev.job_name, job)  # the pool's idle time is billed by now
-    if pool.get("Status") == "Available" and release_pool(ctx, prev.job_name):  # not taken: stop paying now
+    if jobs.release_pool(ctx.sagemaker, prev.job_name, job):  # not taken: stop paying now
         prev.warm_pool_status = "Terminated"
 
 
@@ -76,22 +54,23 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     index, job_name, attempt_try = int(event["index"]), str(event["job_name"]), int(event.get("try", 0))
     state = store.load_state()
     pipeline = load_pipeline(store)
-    plan = build_plan(pipeline)
+    plan = load_plan(store)
     st = state.sessions[index]
-    job = describe_job(ctx, job_name) or {}
+    job = jobs.describe_job(ctx.sagemaker, job_name) or {}
     status = job.get("TrainingJobStatus", "Missing")
     st.job_name = job_name
     ledger = store.get_json_or_none(store.keys.jobs) or {}
     _account(ledger, pipeline, state, index, job_name, job)
-    transfer_eval = _apply_metrics(st, store.read_metrics(st.name))
+    outcome = store.read_outcome(st.name)
+    if outcome is not None:
+        st.apply(outcome)
     st.ended_at = st.ended_at or jobs.iso(job.get("TrainingEndTime")) or utcnow()
     if st.wall_seconds is None:  # reset per attempt by prepare_session
-        st.wall_seconds = seconds_between(jobs.iso(job.get("TrainingStartTime")), jobs.iso(job.get("TrainingEndTime")))
+        st.add_wall_seconds(jobs.iso(job.get("TrainingStartTime")), jobs.iso(job.get("TrainingEndTime")))
     _check_previous_pool(ctx, state, index, pipeline, ledger)
     store.put_json(store.keys.jobs, ledger)
-    prev = state.sessions[index - 1] if index else None
-    if prev is not None and st.transition_seconds is None:
-        st.transition_seconds = transition_seconds(prev.ended_at, st.first_step_at, transfer_eval)
+    if st.transition_seconds is None:
+        state.measure_transition(index)
 
     if status == "Completed":
         st.status, st.error = "completed", None
@@ -100,7 +79,7 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         nxt = state.next_index()
         pool = jobs.pool_status(job)
         wait = bool(nxt is not None and plan.sessions[index].keep_alive_seconds > 0
-                    and pool not in ("Available", "Terminated", "Reused"))
+                    and not jobs.pool_settled(pool))
         log.info("session %s completed (job %s, pool %s); next: %s", st.name, job_name, pool, nxt)
         return cursor(state, nxt, wait_for_pool=wait, pool_polls_left=ctx.timing.pool_max_polls if wait else 0)
 

@@ -7,8 +7,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from rlpipe.cloud.naming import execution_console_url
 from rlpipe.cloud.steps.context import Context, sns_subject
 from rlpipe.cloud.store import RunKeys, RunStore
+from rlpipe.contract import REPORT_FILES
 from rlpipe.state import RunState
 
 log = logging.getLogger(__name__)
@@ -20,8 +22,8 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
     """Build the report with the same code as the local runner and write report.json/.md/.html (+ PNG)."""
     from rlpipe.report import build_report, render_html, render_markdown
 
-    metrics = {s.name: (store.read_metrics(s.name) if s.job_name else None) for s in state.sessions}
-    report = build_report(state, metrics)
+    outcomes = {s.name: (store.read_outcome(s.name) if s.job_name else None) for s in state.sessions}
+    report = build_report(state, outcomes)
     png: bytes | None = None
     try:
         from rlpipe.report import learning_curve_png
@@ -32,7 +34,7 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
     store.put_report("json", json.dumps(report, indent=1).encode())
     if png:
         store.put_report("png", png)
-    store.put_report("md", render_markdown(report, curve_image="learning_curve.png" if png else None).encode())
+    store.put_report("md", render_markdown(report, curve_image=REPORT_FILES["png"] if png else None).encode())
     store.put_report("html", render_html(report, png).encode())
     return report
 
@@ -45,8 +47,7 @@ def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[
              "report_console": f"https://{region}.console.aws.amazon.com/s3/object/{ctx.settings.bucket}"
                                f"?region={region}&prefix={key}"}
     if execution_arn:
-        links["execution"] = (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
-                              f"#/v2/executions/details/{execution_arn}")
+        links["execution"] = execution_console_url(region, execution_arn)
     return links
 
 

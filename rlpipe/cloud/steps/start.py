@@ -83,7 +83,7 @@ def start_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
                                "shorter pipelines")
         run_id = naming.new_run_id(pipeline.name, event.get("started_at") or utcnow(), execution)
         store = ctx.run_store(run_id)
-        state = store.load_state() if store.exists_run() else RunState.new(pipeline, run_id)
+        state = store.load_state() if store.exists_run() else RunState.new(pipeline, run_id, plan)
         store.put_json(store.keys.pipeline, pipeline.resolved())
         store.put_json(store.keys.plan, {"source": source, "estimated_history_events": events,
                                          "poll": ctx.timing.poll(), **plan.to_dict()})

@@ -1,19 +1,10 @@
-"""The run's SageMaker training jobs as the steps see them: describe one, stop the active one."""
+"""Stop the run's active training job."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from rlpipe.cloud import jobs
 from rlpipe.cloud.steps.context import Context
 from rlpipe.state import RunState
-
-ACTIVE_JOB_STATUSES = ("InProgress", "Stopping")
-
-
-def describe_job(ctx: Context, job_name: str) -> dict[str, Any] | None:
-    """DescribeTrainingJob, or None when there is no such job."""
-    return jobs.describe_job(ctx.sagemaker, job_name)
 
 
 def close_active_job(ctx: Context, state: RunState) -> str | None:
