@@ -44,7 +44,10 @@ class FunctionSpec:
 SPECS: dict[str, FunctionSpec] = {
     "start_run": FunctionSpec("Validates the execution input, plans the pipeline, creates or resumes the run",
                               read=(CONFIGS_PREFIX, RUNS_PREFIX, EXECUTIONS_PREFIX),
-                              write=(RUNS_PREFIX, EXECUTIONS_PREFIX), timeout_seconds=120),
+                              write=(RUNS_PREFIX, EXECUTIONS_PREFIX),
+                              # Taking over a dead execution's run stops its job and releases its pools.
+                              sagemaker=("DescribeTrainingJob", "UpdateTrainingJob", "StopTrainingJob"),
+                              timeout_seconds=120),
     "prepare_session": FunctionSpec("Writes session.json and builds the CreateTrainingJob request",
                                     read=(RUNS_PREFIX,), write=(RUNS_PREFIX,)),
     "record_session": FunctionSpec("Records a finished training job and hands its bundle on",
