@@ -111,7 +111,7 @@ class SageMakerStandIn:
 
     ``fail`` maps a session name to how many of its first attempts fail (AlgorithmError); ``capacity`` to
     how many fail with SageMaker's CapacityError; ``throttle_creates`` makes that many CreateTrainingJob calls
-    raise ThrottlingException first. ``pool_quota`` False keeps no pool at all (the default warm-pool quota, 0);
+    raise ``throttle_code`` (ThrottlingException) first. ``pool_quota`` False keeps no pool at all (the default warm-pool quota, 0);
     ``reuse_pools`` False lets no job take over an Available pool (as when SageMaker starts it elsewhere).
     """
 
@@ -120,6 +120,7 @@ class SageMakerStandIn:
     fail: dict[str, int] = field(default_factory=dict)
     capacity: dict[str, int] = field(default_factory=dict)
     throttle_creates: int = 0
+    throttle_code: str = "ThrottlingException"  # or the generic name throttling has been reported under
     in_progress_describes: int = 1  # describes that read InProgress (the job runs at the first one)
     pool_settle_describes: int = 2  # describes after the end that read the pool InUse before Available
     pool_quota: bool = True
@@ -135,7 +136,7 @@ class SageMakerStandIn:
     def create(self, request: dict[str, Any]) -> None:
         if self.throttle_creates > 0:
             self.throttle_creates -= 1
-            raise JsonRESTError("ThrottlingException", "Rate exceeded")
+            raise JsonRESTError(self.throttle_code, "Rate exceeded")
         name = request["TrainingJobName"]
         if name in self.jobs:
             raise ResourceInUseException(f"Training job names must be unique within an AWS account and region, "

@@ -213,15 +213,18 @@ def test_bad_inputs_fail_fast_with_a_clear_cause_and_no_job(synthesized, tmp_pat
 
 # ---- retries: throttled CreateTrainingJob, a capacity shortage --------------------------------------------------
 
-def test_throttling_and_capacity_errors_are_retried(synthesized, tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", ["ThrottlingException", "AmazonSageMakerException"])
+def test_throttling_and_capacity_errors_are_retried(synthesized, tmp_path: Path, code: str) -> None:
+    """Throttling is retried under its own name and under the generic one it has been reported as."""
     h = new_harness(synthesized, tmp_path, mode="instant")
     h.sagemaker.throttle_creates = 1
+    h.sagemaker.throttle_code = code
     h.sagemaker.capacity = {"stand": 1}
     with h.running():
         ex = h.execute({"pipeline": TINY}, "retries")
         assert ex.status == "SUCCEEDED", ex.failure()
         failed = [e["taskFailedEventDetails"]["error"] for e in ex.events if "taskFailedEventDetails" in e]
-        assert failed == ["SageMaker.ThrottlingException"]
+        assert failed == [f"SageMaker.{code}"]
         assert "WaitBeforeRetry" in ex.states_entered()
         names = [n for n in h.sagemaker.creates if "-000-stand-" in n]
         assert [n.rsplit("-", 1)[-1] for n in names] == ["1", "2"]  # attempt 2 is a new job
