@@ -216,3 +216,18 @@ def test_job_arn_pattern_covers_own_jobs_only() -> None:
     assert not fnmatchcase(other, mine) and fnmatchcase(other, naming.job_name_pattern("rlpipe-dev"))
     with pytest.raises(naming.NamingError):
         naming.job_name("rlpipe", "r", 1000, "s", 1)  # the pattern holds three index digits
+
+
+def test_keep_alive_limit_is_botocores(sagemaker_model: Any, tiny_raw: dict[str, Any]) -> None:
+    """The config's keep-alive range is the one SageMaker's model gives, for create and update alike."""
+    from rlpipe.config import MAX_KEEP_ALIVE_SECONDS
+
+    for shape in ("ResourceConfig", "ResourceConfigForUpdate"):
+        member = sagemaker_model.shape_for(shape).members["KeepAlivePeriodInSeconds"]
+        assert (member.metadata["min"], member.metadata["max"]) == (0, MAX_KEEP_ALIVE_SECONDS)
+    raw = copy.deepcopy(tiny_raw)
+    raw["defaults"] = {**raw.get("defaults", {}),
+                       "compute": {"warm_pool": {"keep_alive_seconds": MAX_KEEP_ALIVE_SECONDS}}}
+    first = requests_for(raw)[0]
+    assert first["ResourceConfig"]["KeepAlivePeriodInSeconds"] == MAX_KEEP_ALIVE_SECONDS
+    assert_valid(sagemaker_model, "CreateTrainingJob", first)
