@@ -439,6 +439,7 @@ class Harness:
         self.workdir = workdir
         self.sagemaker = SageMakerStandIn(workdir / "jobs", mode=mode)
         self.lambda_calls: list[tuple[str, int, int]] = []  # (function, request bytes, response bytes)
+        self.lambda_seconds: list[tuple[str, float]] = []  # (function, seconds in its handler)
         self.job_events = "once"
         self.delivered: list[dict[str, Any]] = []  # job-state events delivered, with the Lambda's answer
         self._deliveries: list[threading.Thread] = []
@@ -610,6 +611,7 @@ class Harness:
         with self._lock:
             saved = {k: os.environ.get(k) for k in self._env[name]}
             os.environ.update(self._env[name])
+            t0 = time.perf_counter()
             try:
                 result: Any = self._handlers[name](event, _Context(name))
             except Exception as exc:  # the Lambda runtime's unhandled-error payload
@@ -617,6 +619,7 @@ class Harness:
                 result = {"errorMessage": str(exc), "errorType": type(exc).__name__,
                           "stackTrace": traceback.format_tb(exc.__traceback__)[-3:]}
             finally:
+                self.lambda_seconds.append((name, time.perf_counter() - t0))
                 for k, v in saved.items():
                     if v is None:
                         os.environ.pop(k, None)
