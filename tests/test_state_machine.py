@@ -343,3 +343,31 @@ def test_no_warm_pool_quota_costs_a_few_checks_not_the_whole_wait(synthesized, t
         assert report["sessions"][0]["warm_pool_status"] == NO_POOL_STATUS
 
 
+
+
+def test_without_heartbeats_the_wait_times_out_describes_the_job_and_waits_again(synthesized,
+                                                                                  tmp_path: Path) -> None:
+    """Reconciliation stopped and the event lost: the heartbeat timeout (1 s here) describes the job; a job
+    still running is waited for again, an ended one recorded. No execution hangs."""
+    template, ids = copy.deepcopy(synthesized[0]), synthesized[1]
+    parts = template["Resources"][ids["state_machine"]]["Properties"]["DefinitionString"]["Fn::Join"][1]
+    heartbeat = '"HeartbeatSeconds":3600'
+    assert sum(p.count(heartbeat) for p in parts if isinstance(p, str)) == 1
+    parts[:] = [p.replace(heartbeat, '"HeartbeatSeconds":1') if isinstance(p, str) else p for p in parts]
+    h = Harness(template, ids, tmp_path, mode="instant")
+    h.job_events = "lost"
+    h.sagemaker.in_progress_describes = 2  # still running at the first describe after the timeout
+    one = copy.deepcopy(TINY)
+    one["sessions"] = one["sessions"][:1]
+    with h.running():
+        ex = h.execute({"pipeline": one}, "no-heartbeats", timeout=120)
+        assert ex.status == "SUCCEEDED", ex.failure()
+        entered = ex.states_entered()
+        assert entered.count("AwaitJobEnd") == 2 and entered.count("DescribeTrainingJob") == 1
+        assert entered.index("DescribeTrainingJob") < entered.index("RecordSession")
+        timeouts = [e["taskTimedOutEventDetails"]["error"] for e in ex.events if "taskTimedOutEventDetails" in e]
+        # The ASL specification names a missed heartbeat States.Timeout or States.HeartbeatTimeout (moto 5.2.5
+        # says the former); the Catch lists both.
+        assert timeouts in (["States.Timeout"], ["States.HeartbeatTimeout"])
+        # The timed-out token stays behind until reconciliation finds its task closed.
+        assert h.reconcile() == {"completed": 0, "heartbeats": 0, "forgotten": 1} and _no_tokens_left(h)
