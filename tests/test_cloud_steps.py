@@ -636,3 +636,91 @@ def test_transition_leaves_out_the_transfer_evaluation(aws: dict[str, Any], tiny
     steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": out["job_name"]}, ctx)
     # session 1 ended 12:09:50; 60 s to the first step, 20 of them the warm-started policy's evaluation
     assert ctx.run_store(run_id).load_state().sessions[1].transition_seconds == 40.0
+
+
+# ---- a job's end by event: tokens, duplicates, closed tasks, reconciliation ----------------------------------
+
+class RecordingStepFunctions:
+    """SendTask* calls recorded; tokens in ``closed`` answer as Step Functions does for a closed task."""
+
+    def __init__(self, closed: set[str] | None = None) -> None:
+        self.closed, self.calls = closed or set(), []
+
+    def _call(self, action: str, taskToken: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803 (boto3's names)
+        from botocore.exceptions import ClientError
+
+        self.calls.append((action, taskToken, kwargs))
+        if taskToken in self.closed:
+            raise ClientError({"Error": {"Code": "TaskTimedOut", "Message": "Task Timed Out"}}, action)
+        return {}
+
+    def send_task_success(self, **kw: Any) -> dict[str, Any]:
+        return self._call("success", **kw)
+
+    def send_task_failure(self, **kw: Any) -> dict[str, Any]:
+        return self._call("failure", **kw)
+
+    def send_task_heartbeat(self, **kw: Any) -> dict[str, Any]:
+        return self._call("heartbeat", **kw)
+
+
+def _job_event(name: str, status: str) -> dict[str, Any]:
+    return {"detail-type": "SageMaker Training Job State Change", "source": "aws.sagemaker",
+            "detail": {"TrainingJobName": name, "TrainingJobStatus": status, "SecondaryStatus": status}}
+
+
+def test_job_end_events_complete_the_wait_once(aws: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = sfn = RecordingStepFunctions()
+    job = "rlpipe-0123abcd-000-stand-1"
+    sm.jobs[job] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    out = steps.await_job_end({"token": "tok-1", "run_id": "r", "job_name": job,
+                               "previous_pool": {"pending": False, "job_name": ""}}, ctx)
+    assert out == {"job_name": job, "ended": False} and sfn.calls == []
+    assert steps.job_state_changed(_job_event(job, "InProgress"), ctx)["action"] == "ignored"
+    assert steps.job_state_changed(_job_event("other-0123abcd-000-x-1", "Completed"), ctx)["action"] == "ignored"
+    assert steps.handle_job_event(_job_event(job, "Failed"), ctx)["action"] == "completed"
+    assert sfn.calls == [("success", "tok-1", {"output": json.dumps({"TrainingJobStatus": "Failed",
+                                                                      "SecondaryStatus": "Failed"})})]
+    assert steps.job_state_changed(_job_event(job, "Failed"), ctx)["action"] == "none"  # the duplicate
+    assert len(sfn.calls) == 1
+
+
+def test_a_task_closed_before_counts_as_done_and_its_token_is_forgotten(aws: dict[str, Any]) -> None:
+    """The waiting step and the event race, or the execution ended: TaskTimedOut means already done."""
+    from rlpipe.cloud.tokens import TokenStore
+
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = RecordingStepFunctions(closed={"tok-old"})
+    job = "rlpipe-0123abcd-000-stand-1"
+    sm.jobs[job] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    TokenStore(aws["s3"], BUCKET).put(job, "tok-old", "r")
+    assert steps.job_state_changed(_job_event(job, "Completed"), ctx)["action"] == "already-closed"
+    assert TokenStore(aws["s3"], BUCKET).waiting() == {}
+    # Ended before the token was stored: the waiting step completes its own task.
+    sm.jobs[job]["TrainingJobStatus"] = "Completed"
+    assert steps.await_job_end({"token": "tok-new", "run_id": "r", "job_name": job}, ctx)["ended"] is True
+    assert ctx.stepfunctions.calls[-1][:2] == ("success", "tok-new") and TokenStore(aws["s3"], BUCKET).waiting() == {}
+
+
+def test_reconciliation_completes_ended_jobs_heartbeats_running_ones_and_fails_missing_ones(
+        aws: dict[str, Any]) -> None:
+    from rlpipe.cloud.tokens import TokenStore
+
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = sfn = RecordingStepFunctions(closed={"tok-gone"})
+    tokens = TokenStore(aws["s3"], BUCKET)
+    sm.jobs["rlpipe-0123abcd-000-a-1"] = {"TrainingJobStatus": "Completed", "SecondaryStatus": "Completed"}
+    sm.jobs["rlpipe-0123abcd-001-b-1"] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    tokens.put("rlpipe-0123abcd-000-a-1", "tok-ended", "r")
+    tokens.put("rlpipe-0123abcd-001-b-1", "tok-running", "r")
+    tokens.put("rlpipe-0123abcd-001-b-1", "tok-gone", "r")      # an earlier wait whose execution is gone
+    tokens.put("rlpipe-0123abcd-002-c-1", "tok-missing", "r")   # no such job
+    assert steps.handle_job_event({"detail-type": "Scheduled Event", "detail": {}}, ctx) == \
+        {"completed": 2, "heartbeats": 1, "forgotten": 1}
+    by_token = {c[1]: c[0] for c in sfn.calls}
+    assert by_token == {"tok-ended": "success", "tok-running": "heartbeat", "tok-gone": "heartbeat",
+                        "tok-missing": "failure"}
+    failure = next(c for c in sfn.calls if c[1] == "tok-missing")[2]
+    assert failure["error"] == "TrainingJobMissing"
+    assert [t.token for ts in tokens.waiting().values() for t in ts] == ["tok-running"]
