@@ -313,9 +313,9 @@ def test_job_end_rule_matches_this_stacks_jobs_at_their_terminal_statuses(synth:
 
 
 def test_functions_completing_tasks_reach_only_this_machine_and_the_token_prefix(synth_vpc: Synth) -> None:
-    """AwaitJobEnd and JobEvents: SendTask* on this state machine only; tokens/ only (runs/ for JobEvents'
-    pool release); with a KMS bucket, the key's calls their S3 actions need."""
-    for name, kms in (("await_job", {"kms:GenerateDataKey"}), ("job_events", {"kms:Decrypt", "kms:GenerateDataKey"})):
+    """AwaitJobEnd and JobEvents: SendTask* on this state machine only, S3 on tokens/ only; with a KMS bucket,
+    the key's calls their S3 actions need."""
+    for name, kms in (("await_job", {"kms:GenerateDataKey"}), ("job_events", {"kms:Decrypt"})):
         prefix = "OrchestrationFunctions" + "".join(p.capitalize() for p in name.split("_")) + "Role"
         statements = synth_vpc.policy_statements(prefix)
         sends = [s for s in statements if any(a.startswith("states:") for a in _actions(s))]
@@ -326,7 +326,7 @@ def test_functions_completing_tasks_reach_only_this_machine_and_the_token_prefix
         assert granted_kms == kms, name
         touched = {r["Fn::Join"][1][-1].split("/")[1] for s in statements for r in _resources(s)
                    if any(a.startswith("s3:") and a != "s3:ListBucket" for a in _actions(s))}
-        assert touched == ({"tokens"} if name == "await_job" else {"tokens", "runs"}), name
+        assert touched == {"tokens"}, name
 
 
 def test_undelivered_cleanup_events_land_in_an_encrypted_queue_and_alert(synth: Synth) -> None:

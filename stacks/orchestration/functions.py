@@ -62,7 +62,6 @@ SPECS: dict[str, FunctionSpec] = {
                               timeout_seconds=30, memory_mb=256),
     "job_events": FunctionSpec("Completes the task waiting for a job that ended (EventBridge); on a schedule, "
                                "reconciles stored tokens, heartbeats them, releases unused pools",
-                               read=(RUNS_PREFIX,), write=(RUNS_PREFIX,),
                                sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"),
                                tokens=("GetObject", "DeleteObject", "ListBucket"), timeout_seconds=120,
                                memory_mb=256),

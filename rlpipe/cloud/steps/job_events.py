@@ -24,7 +24,7 @@ from typing import Any
 
 from rlpipe.cloud import jobs
 from rlpipe.cloud.steps.context import Context
-from rlpipe.cloud.steps.pools import STARTING_SECONDARY, release_unused_pool
+from rlpipe.cloud.steps.pools import STARTING_SECONDARY
 from rlpipe.cloud.tokens import TokenStore, WaitingTask, complete, heartbeat
 from rlpipe.config import Compute
 
@@ -99,18 +99,24 @@ def job_state_changed(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     if not job_name.startswith(f"{ctx.settings.job_prefix}-") or status not in JOB_ENDED:
         log.warning("ignoring event for job %r with status %r", job_name, status)
         return {"action": "ignored", "job_name": job_name}
-    tasks = _tokens(ctx).for_job(job_name)
+    tokens = _tokens(ctx)
+    tasks = tokens.for_job(job_name)
     if not tasks:  # a duplicate, or the job ended before its token was stored (AwaitJobEnd handles that)
         return {"action": "none", "job_name": job_name}
-    closed = [_close(ctx, _tokens(ctx), t, detail) for t in tasks]
+    closed = [_close(ctx, tokens, t, detail) for t in tasks]
     return {"action": "completed" if any(closed) else "already-closed", "job_name": job_name}
 
 
 def _release_unused_previous_pool(ctx: Context, task: WaitingTask, job: Mapping[str, Any]) -> None:
-    """The running job is past its start: a previous pool still Available was not taken, so end it now."""
+    """The running job is past its start: a previous pool still Available was not taken, so end it now.
+
+    The run's state is not touched here (RecordSession may be writing it): RecordSession reads the pool's
+    status (Terminated) when this job ends.
+    """
     if not task.previous_job or job.get("SecondaryStatus") in STARTING_SECONDARY:
         return
-    release_unused_pool({"run_id": task.run_id, "job_name": task.previous_job}, ctx)
+    if jobs.release_pool(ctx.sagemaker, task.previous_job):
+        log.info("released the unused pool of %s: %s is past its start", task.previous_job, task.job_name)
 
 
 def reconcile(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
