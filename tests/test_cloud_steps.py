@@ -556,17 +556,27 @@ def test_check_pool_stops_waiting_when_no_pool_was_kept(aws: dict[str, Any], tin
 
 
 def test_an_unused_pool_is_released_while_the_next_job_runs(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    """Reconciliation sees session 2's job past its start while session 1's pool still idles: it ends the pool,
+    and RecordSession then records it as Terminated."""
     ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = RecordingStepFunctions()
     run_id, first = _through_first_session(aws, tiny_raw, pool="Available")
     steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
     job = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)
     assert job["previous_pool"] == {"pending": True, "job_name": first}
-    out = steps.release_unused_pool({"run_id": run_id, "job_name": first}, ctx)
-    assert out == {"pending": False, "job_name": first}
+    second = job["job_name"]
+    sm.jobs[second] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"}
+    steps.await_job_end({"token": "t", "run_id": run_id, "job_name": second, "previous_pool": job["previous_pool"]},
+                        ctx)
+    assert steps.reconcile({}, ctx)["heartbeats"] == 1 and sm.updates == []  # may still take the pool
+    sm.jobs[second]["SecondaryStatus"] = "Training"
+    steps.reconcile({}, ctx)
     assert sm.updates == [{"TrainingJobName": first, "ResourceConfig": {"KeepAlivePeriodInSeconds": 0}}]
+    steps.reconcile({}, ctx)  # released once
+    assert len(sm.updates) == 1
+    sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/")
+    steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
     assert ctx.run_store(run_id).load_state().sessions[0].warm_pool_status == "Terminated"
-    sm.jobs[first]["WarmPoolStatus"] = {"Status": "InUse"}  # not settled yet: look again next round
-    assert steps.release_unused_pool({"run_id": run_id, "job_name": first}, ctx)["pending"] is True
 
 
 def test_cleanup_of_a_taken_over_run_touches_only_its_own_jobs(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ The modules, each importing only those above it:
 * :mod:`~rlpipe.cloud.steps.inputs`: the execution input;
 * :mod:`~rlpipe.cloud.steps.loop`: the cursor, the pointer payload the state machine loops on;
 * :mod:`~rlpipe.cloud.steps.training_jobs`: describe a job, stop the run's active job;
-* :mod:`~rlpipe.cloud.steps.pools`: warm pools (CheckPool, ReleaseUnusedPool, releasing a run's pools);
+* :mod:`~rlpipe.cloud.steps.pools`: warm pools (CheckPool, releasing a run's pools);
 * :mod:`~rlpipe.cloud.steps.job_events`: a job's end by event (AwaitJobEnd, the job-state event,
   reconciliation);
 * :mod:`~rlpipe.cloud.steps.start`: StartRun;
@@ -37,7 +37,7 @@ from rlpipe.cloud.steps.job_events import (JOB_ENDED, await_job_end, handle_job_
                                            reconcile, wait_timeout_seconds)
 from rlpipe.cloud.steps.loop import cursor
 from rlpipe.cloud.steps.pools import (NO_POOL_CHECKS, NO_POOL_STATUS, STARTING_SECONDARY, check_pool,
-                                      release_pool, release_run_pools, release_unused_pool)
+                                      release_pool, release_run_pools)
 from rlpipe.cloud.steps.prepare import prepare_session
 from rlpipe.cloud.steps.record import CAPACITY_MARKERS, record_session
 from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report
@@ -52,7 +52,6 @@ __all__ = [
     # SageMaker jobs and warm pools
     "ACTIVE_JOB_STATUSES", "close_active_job", "describe_job",
     "NO_POOL_CHECKS", "NO_POOL_STATUS", "STARTING_SECONDARY", "check_pool", "release_pool", "release_run_pools",
-    "release_unused_pool",
     # a job's end by event
     "JOB_ENDED", "await_job_end", "handle_job_event", "job_state_changed", "reconcile", "wait_timeout_seconds",
     # the Lambdas' steps
