@@ -129,7 +129,7 @@ def test_sagemaker_is_called_through_the_sdk_integration_and_its_end_awaited_by_
         or wait["Parameters"]["FunctionName"].startswith(f"<{synth.ids['functions']['await_job']}")
     assert wait["Parameters"]["Payload"]["token.$"] == "$$.Task.Token"
     assert wait["Parameters"]["Payload"]["job_name.$"] == "$.job.job_name"
-    assert wait["HeartbeatSeconds"] == 3600 and wait["TimeoutSecondsPath"] == "$.job.timeout_seconds"
+    assert wait["HeartbeatSeconds"] == 2700 and wait["TimeoutSecondsPath"] == "$.job.timeout_seconds"
     assert wait["ResultPath"] == "$.status" and wait["Next"] == "RecordSession"
     assert wait["Catch"][0] == {"ErrorEquals": ["States.Timeout", "States.HeartbeatTimeout"], "ResultPath": None,
                                 "Next": "DescribeTrainingJob"}
@@ -142,6 +142,17 @@ def test_sagemaker_is_called_through_the_sdk_integration_and_its_end_awaited_by_
     ended = synth.states["JobEnded?"]
     assert sorted(c["StringEquals"] for c in ended["Choices"][0]["Or"]) == ["Completed", "Failed", "Stopped"]
     assert [c["Next"] for c in ended["Choices"]] == ["RecordSession"] and ended["Default"] == "AwaitJobEnd"
+
+
+def test_the_heartbeat_outlasts_reconciliation_and_stays_below_the_least_timeout() -> None:
+    from aws_cdk import Duration
+
+    from stacks.orchestration.state_machine import RetryPacing
+
+    with pytest.raises(ValueError, match="three reconciliation intervals"):
+        RetryPacing(job_heartbeat=Duration.minutes(20), reconcile_every=Duration.minutes(10))
+    with pytest.raises(ValueError, match="shorter than 3600 s"):
+        RetryPacing(job_heartbeat=Duration.hours(1))
 
 
 def test_sdk_calls_retry_throttling_also_under_the_generic_sagemaker_error_names(synth: Synth) -> None:

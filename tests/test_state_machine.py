@@ -351,7 +351,7 @@ def test_without_heartbeats_the_wait_times_out_describes_the_job_and_waits_again
     still running is waited for again, an ended one recorded. No execution hangs."""
     template, ids = copy.deepcopy(synthesized[0]), synthesized[1]
     parts = template["Resources"][ids["state_machine"]]["Properties"]["DefinitionString"]["Fn::Join"][1]
-    heartbeat = '"HeartbeatSeconds":3600'
+    heartbeat = '"HeartbeatSeconds":2700'
     assert sum(p.count(heartbeat) for p in parts if isinstance(p, str)) == 1
     parts[:] = [p.replace(heartbeat, '"HeartbeatSeconds":1') if isinstance(p, str) else p for p in parts]
     h = Harness(template, ids, tmp_path, mode="instant")

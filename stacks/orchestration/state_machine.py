@@ -39,6 +39,7 @@ from constructs import Construct
 
 from rlpipe.cloud.requests import create_fields
 from rlpipe.cloud.steps import JOB_ENDED
+from rlpipe.cloud.steps.job_events import WAIT_MARGIN_SECONDS
 
 # Step Functions names SDK errors "<Service>.<ErrorCode>Exception" (the suffix is always added). Throttling
 # has also been reported as the generic SageMaker.AmazonSageMakerException / SageMaker.SageMakerException
@@ -57,7 +58,8 @@ class RetryPacing:
     """Retry intervals of SDK calls and the job wait's heartbeat (static in the definition; tests shrink them).
 
     ``job_heartbeat`` must exceed the reconciliation interval several times over: reconciliation sends the
-    heartbeats, so the timeout fires only when it has stopped.
+    heartbeats, so the timeout fires only when it has stopped. It stays below the wait's TimeoutSeconds, which
+    is at least ``WAIT_MARGIN_SECONDS`` (Step Functions wants HeartbeatSeconds < TimeoutSeconds).
     """
 
     create_interval: Duration = Duration.seconds(30)
@@ -65,12 +67,14 @@ class RetryPacing:
     describe_interval: Duration = Duration.seconds(10)
     describe_attempts: int = 8
     backoff_rate: float = 2.0
-    job_heartbeat: Duration = Duration.hours(1)
+    job_heartbeat: Duration = Duration.minutes(45)
     reconcile_every: Duration = Duration.minutes(10)
 
     def __post_init__(self) -> None:
         if self.job_heartbeat.to_seconds() < 3 * self.reconcile_every.to_seconds():
             raise ValueError("job_heartbeat must be at least three reconciliation intervals")
+        if self.job_heartbeat.to_seconds() >= WAIT_MARGIN_SECONDS:
+            raise ValueError(f"job_heartbeat must be shorter than {WAIT_MARGIN_SECONDS} s (the least TimeoutSeconds)")
 
 
 def _invoke(scope: Construct, name: str, fn: lambda_.IFunction, payload: dict[str, object],
