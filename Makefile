@@ -68,8 +68,8 @@ deploy: $(VENV)/.dev node_modules/.package-lock.json ## deploy (needs credential
 destroy: $(VENV)/.dev node_modules/.package-lock.json ## delete the stack (retained bucket, repository and keys stay; see docs/deploy.md)
 	$(CDK) destroy $(CDK_ARGS)
 
-bench: $(VENV)/.dev ## benchmarks: bench/results.json + bench/RESULTS.md (QUICK=1: about 6 minutes, into bench/quick/)
-	$(BIN)/python -m bench $(if $(QUICK),--quick --out bench/quick)
+bench: $(VENV)/.dev ## benchmarks: bench/results.json + bench/RESULTS.md (QUICK=1: about 6 minutes, into bench/quick/; CLOUD=1: only the AWS model, seconds)
+	$(BIN)/python -m bench $(if $(CLOUD),--only orchestration --merge,$(if $(QUICK),--quick --out bench/quick))
 
 clean:
 	rm -rf cdk.out .pytest_cache

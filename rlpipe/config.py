@@ -27,7 +27,11 @@ from rlpipe.algorithms import ALGORITHMS
 NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
 SESSION_NAME_MAX = 24
 PIPELINE_NAME_MAX = 40
-MAX_KEEP_ALIVE_SECONDS = 3600  # SageMaker's documented maximum for KeepAlivePeriodInSeconds
+# SageMaker's maximum KeepAlivePeriodInSeconds: 21600 (6 h) in botocore's service model (sagemaker 2017-07-24,
+# botocore 1.44.8: ResourceConfig and ResourceConfigForUpdate, max 21600) and in the current API reference
+# (API_ResourceConfigForUpdate: "Maximum value of 21600"); older copies of that page and the warm-pool guide
+# said 3600. Keeping a pool longer only bills more idle time: the plan keeps one only for a session that reuses it.
+MAX_KEEP_ALIVE_SECONDS = 21_600
 MAX_RUNTIME_LIMIT = 28 * 24 * 3600  # SageMaker's MaxRuntimeInSeconds ceiling
 MAX_TIMESTEPS = hp_specs.MAX_STEPS  # exact as a JSON double (Step Functions payloads), far beyond 28 days
 

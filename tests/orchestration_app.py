@@ -20,8 +20,7 @@ from stacks.settings import AppSettings
 DEFAULT_PIPELINE_KEY = "configs/default/pipeline.json"
 IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/rlpipe:test"
 # No sleeping in tests: every wait of the loop comes from these (through the Lambdas' environment).
-FAST_TIMING = Timing(min_poll_seconds=0, max_poll_seconds=0, pool_poll_seconds=0, pool_max_polls=5,
-                     retry_wait_seconds=0, max_attempts=3)
+FAST_TIMING = Timing(pool_poll_seconds=0, pool_max_polls=5, retry_wait_seconds=0, max_attempts=3)
 
 
 def build_stack(*, settings: AppSettings | None = None, timing: Timing | None = None,

@@ -12,6 +12,12 @@ Every patch of moto internals lives in this module, and moto is pinned (==5.2.5)
 * ``boto_client_for`` in the Lambda, SNS and aws-sdk task modules: one client per (region, service) instead
   of a new one per task (creating a SageMaker client costs tens of milliseconds; a 200-session run makes
   hundreds of them). Behaviour is unchanged.
+* ``CallbackEndpoint.setup_heartbeat_endpoint``: a task completed before moto sets up its heartbeat watch
+  (AwaitJobEnd completing its own task when the job ended first) is seen at once, as on AWS; moto 5.2.5 would
+  notice it only when the heartbeat times out.
+* Nothing for job-state events: moto has no SageMaker-to-EventBridge link, so the harness itself delivers
+  "SageMaker Training Job State Change" events to the JobEvents Lambda once AwaitJobEnd has returned
+  (:attr:`Harness.job_events`: once, twice and out of order, or lost), as EventBridge would.
 * The aws-sdk task's error naming: ``SageMaker.<ErrorCode>Exception`` as Step Functions documents it (moto
   lower-cases the service and names unmodelled errors after the client class).
 """
@@ -49,6 +55,7 @@ from moto.core.responses import ActionResult  # noqa: E402
 from moto.sagemaker import models as sm_models  # noqa: E402
 from moto.sagemaker.exceptions import ResourceInUseException, ValidationError  # noqa: E402
 from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
+from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint  # noqa: E402
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils  # noqa: E402
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (  # noqa: E402
     state_task_service_aws_sdk as aws_sdk_task,
@@ -104,7 +111,7 @@ class SageMakerStandIn:
 
     ``fail`` maps a session name to how many of its first attempts fail (AlgorithmError); ``capacity`` to
     how many fail with SageMaker's CapacityError; ``throttle_creates`` makes that many CreateTrainingJob calls
-    raise ThrottlingException first. ``pool_quota`` False keeps no pool at all (the default warm-pool quota, 0);
+    raise ``throttle_code`` (ThrottlingException) first. ``pool_quota`` False keeps no pool at all (the default warm-pool quota, 0);
     ``reuse_pools`` False lets no job take over an Available pool (as when SageMaker starts it elsewhere).
     """
 
@@ -113,6 +120,7 @@ class SageMakerStandIn:
     fail: dict[str, int] = field(default_factory=dict)
     capacity: dict[str, int] = field(default_factory=dict)
     throttle_creates: int = 0
+    throttle_code: str = "ThrottlingException"  # or the generic name throttling has been reported under
     in_progress_describes: int = 1  # describes that read InProgress (the job runs at the first one)
     pool_settle_describes: int = 2  # describes after the end that read the pool InUse before Available
     pool_quota: bool = True
@@ -128,7 +136,7 @@ class SageMakerStandIn:
     def create(self, request: dict[str, Any]) -> None:
         if self.throttle_creates > 0:
             self.throttle_creates -= 1
-            raise JsonRESTError("ThrottlingException", "Rate exceeded")
+            raise JsonRESTError(self.throttle_code, "Rate exceeded")
         name = request["TrainingJobName"]
         if name in self.jobs:
             raise ResourceInUseException(f"Training job names must be unique within an AWS account and region, "
@@ -148,10 +156,7 @@ class SageMakerStandIn:
             self._run(job)  # ends now; reads InProgress a while, as a job polled mid-run would
         if job.described <= self.in_progress_describes and job.status != "Stopped":
             return self._view(job, status="InProgress")
-        if job.pool == "InUse":
-            job.pool_settle -= 1
-            if job.pool_settle < 0:
-                job.pool = "Available"
+        self._settle(job)
         return self._view(job)
 
     def update(self, request: dict[str, Any]) -> None:
@@ -169,6 +174,24 @@ class SageMakerStandIn:
         if job.status == "InProgress":
             job.status, job.failure = "Stopped", None
             job.ended = datetime.now(timezone.utc)
+
+    def ended_view(self, name: str) -> dict[str, Any]:
+        """The job as its terminal state-change event shows it (running it first if nobody described it yet).
+
+        The event takes the place of the describe that used to see the end: the pool settles by one step, as
+        for a describe (the settling stands for time passing after the end).
+        """
+        job = self.jobs[name]
+        if job.status == "InProgress" and job.started is None:
+            self._run(job)
+        self._settle(job)
+        return self._view(job)
+
+    def _settle(self, job: Job) -> None:
+        if job.pool == "InUse":
+            job.pool_settle -= 1
+            if job.pool_settle < 0:
+                job.pool = "Available"
 
     def _view(self, job: Job, status: str | None = None) -> dict[str, Any]:
         status = status or job.status
@@ -386,8 +409,29 @@ class Execution:
         return next((e["executionFailedEventDetails"] for e in self.events if "executionFailedEventDetails" in e), {})
 
 
+def job_state_event(name: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """An EventBridge "SageMaker Training Job State Change" event for job ``name`` (detail as described)."""
+    body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in detail.items()
+            if k in ("TrainingJobStatus", "SecondaryStatus", "FailureReason", "ResourceConfig",
+                     "TrainingStartTime", "TrainingEndTime")}
+    return {"version": "0", "id": f"event-{time.monotonic_ns()}", "detail-type": "SageMaker Training Job State Change",
+            "source": "aws.sagemaker", "account": ACCOUNT, "region": REGION,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "resources": [f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/{name}"],
+            "detail": {"TrainingJobName": name, **body}}
+
+
+SCHEDULED_EVENT = {"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "account": ACCOUNT,
+                   "region": REGION, "resources": [], "detail": {}}
+
+
 class Harness:
-    """Moto with the synthesized state machine deployed; see the module docstring for what is patched."""
+    """Moto with the synthesized state machine deployed; see the module docstring for what is patched.
+
+    ``job_events`` says how the harness plays EventBridge after AwaitJobEnd stored a token: ``"once"`` (the
+    job's terminal event), ``"twice"`` (the terminal event, a stale InProgress one arriving late, then the
+    terminal one again), or ``"lost"`` (none: only reconciliation can end the wait).
+    """
 
     def __init__(self, template: dict[str, Any], ids: dict[str, Any], workdir: Path, mode: str = "instant") -> None:
         self.template = template
@@ -395,6 +439,11 @@ class Harness:
         self.workdir = workdir
         self.sagemaker = SageMakerStandIn(workdir / "jobs", mode=mode)
         self.lambda_calls: list[tuple[str, int, int]] = []  # (function, request bytes, response bytes)
+        self.lambda_seconds: list[tuple[str, float]] = []  # (function, seconds in its handler)
+        self.job_events = "once"
+        self.delivered: list[dict[str, Any]] = []  # job-state events delivered, with the Lambda's answer
+        self._deliveries: list[threading.Thread] = []
+        self._started = 0.0
         self._lock = threading.Lock()
         self._handlers: dict[str, Any] = {}
         self._env: dict[str, dict[str, str]] = {}
@@ -464,6 +513,7 @@ class Harness:
             "normalise": aws_sdk_task.StateTaskServiceAwsSdk._normalise_exception_name,
             "names": dict(aws_sdk_task._SERVICE_ERROR_NAMES),
             "client_for": aws_sdk_task.boto_client_for,
+            "heartbeat": CallbackEndpoint.setup_heartbeat_endpoint,
         }
         clients: dict[tuple[str, str], Any] = {}
         client_lock = threading.Lock()
@@ -516,6 +566,12 @@ class Harness:
             harness.sagemaker.stop(name)
             return ActionResult({})
 
+        def setup_heartbeat_endpoint(self: Any, heartbeat_seconds: int) -> Any:
+            endpoint = saved["heartbeat"](self, heartbeat_seconds)
+            if self.get_outcome() is not None:  # completed while the Lambda ran: no heartbeat will come
+                endpoint.notify()
+            return endpoint
+
         def normalise(norm_service_name: str, ex: Exception) -> str:
             code = getattr(ex, "response", {}).get("Error", {}).get("Code")
             name = code or ex.__class__.__name__
@@ -528,6 +584,7 @@ class Harness:
         SageMakerResponse.update_training_job = update_training_job
         SageMakerResponse.stop_training_job = stop_training_job
         aws_sdk_task.StateTaskServiceAwsSdk._normalise_exception_name = staticmethod(normalise)
+        CallbackEndpoint.setup_heartbeat_endpoint = setup_heartbeat_endpoint
         aws_sdk_task._SERVICE_ERROR_NAMES["sagemaker"] = "SageMaker"
         for module in (aws_sdk_task, sns_task, lambda_eval_utils):
             module.boto_client_for = client_for
@@ -541,6 +598,7 @@ class Harness:
             del SageMakerResponse.update_training_job
             del SageMakerResponse.stop_training_job
             aws_sdk_task.StateTaskServiceAwsSdk._normalise_exception_name = saved["normalise"]
+            CallbackEndpoint.setup_heartbeat_endpoint = saved["heartbeat"]
             aws_sdk_task._SERVICE_ERROR_NAMES.clear()
             aws_sdk_task._SERVICE_ERROR_NAMES.update(saved["names"])
             for module in (aws_sdk_task, sns_task, lambda_eval_utils):
@@ -553,6 +611,7 @@ class Harness:
         with self._lock:
             saved = {k: os.environ.get(k) for k in self._env[name]}
             os.environ.update(self._env[name])
+            t0 = time.perf_counter()
             try:
                 result: Any = self._handlers[name](event, _Context(name))
             except Exception as exc:  # the Lambda runtime's unhandled-error payload
@@ -560,6 +619,7 @@ class Harness:
                 result = {"errorMessage": str(exc), "errorType": type(exc).__name__,
                           "stackTrace": traceback.format_tb(exc.__traceback__)[-3:]}
             finally:
+                self.lambda_seconds.append((name, time.perf_counter() - t0))
                 for k, v in saved.items():
                     if v is None:
                         os.environ.pop(k, None)
@@ -567,7 +627,28 @@ class Harness:
                         os.environ[k] = v
         out = json.dumps(result, default=str).encode()
         self.lambda_calls.append((name, len(raw.encode()), len(out)))
+        if name == "await_job" and self.job_events != "lost" and not response_headers.get("x-amz-function-error"):
+            # EventBridge delivers asynchronously: from another thread, while the task waits.
+            thread = threading.Thread(target=self._deliver_job_end, args=(event["job_name"],), daemon=True)
+            self._deliveries.append(thread)
+            thread.start()
         return out
+
+    def _deliver_job_end(self, job_name: str) -> None:
+        time.sleep(0.02)
+        view = self.sagemaker.ended_view(job_name)
+        events = [job_state_event(job_name, view)]
+        if self.job_events == "twice":
+            events += [job_state_event(job_name, {**view, "TrainingJobStatus": "InProgress",
+                                                  "SecondaryStatus": "Training"}), events[0]]
+        for ev in events:
+            answer = self.call_lambda("job_events", ev)
+            self.delivered.append({"job_name": job_name, "status": ev["detail"]["TrainingJobStatus"],
+                                   "answer": answer})
+
+    def reconcile(self) -> Any:
+        """One tick of the reconciliation schedule."""
+        return self.call_lambda("job_events", SCHEDULED_EVENT)
 
     def call_lambda(self, name: str, event: Any) -> Any:
         """Invoke function ``name`` as EventBridge or the CLI would (outside the state machine)."""
@@ -586,9 +667,17 @@ class Harness:
 
     def execute(self, execution_input: Any, name: str, timeout: float = 600) -> Execution:
         """Start an execution and wait for it to end."""
-        t0 = time.monotonic()
-        arn = self.sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name,
-                                       input=json.dumps(execution_input))["executionArn"]
+        return self.wait(self.start(execution_input, name), timeout)
+
+    def start(self, execution_input: Any, name: str) -> str:
+        """Start an execution; returns its ARN."""
+        self._started = time.monotonic()
+        return self.sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name,
+                                        input=json.dumps(execution_input))["executionArn"]
+
+    def wait(self, arn: str, timeout: float = 600) -> Execution:
+        """Wait for the execution to end; its outcome and history."""
+        t0, name = self._started, arn.rsplit(":", 1)[-1]
         while True:
             desc = self.sfn.describe_execution(executionArn=arn)
             if desc["status"] != "RUNNING":
@@ -604,6 +693,8 @@ class Harness:
             if not page.get("nextToken"):
                 break
             kwargs["nextToken"] = page["nextToken"]
+        for thread in self._deliveries:  # late (duplicate) deliveries finish before anyone looks
+            thread.join(timeout=30)
         return Execution(status=desc["status"], description=desc, events=events, seconds=time.monotonic() - t0)
 
     def messages(self) -> list[dict[str, Any]]:

@@ -40,3 +40,25 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
         assert heading in md
     for png in ("throughput.png", "transfer_vs_scratch.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_job_end_model_before_and_after() -> None:
+    """The cloud section's model: polling found every length's end 720 s late; events do not wait."""
+    from bench import job_end
+
+    polling = job_end.Polling()
+    assert [polling.rounds(s + polling.startup)[2] for s in job_end.SESSION_SECONDS.values()] == [720.0] * 3
+    lambdas = {n: {"median_seconds": 0.05, "runs": 1}
+               for n in ("job_events", "record_session", "check_pool", "prepare_session")}
+    out = job_end.model(lambdas, events_per_session_after=32, transitions_fixed=3,
+                        transitions_per_session_after=8, usd_per_1000=0.025)
+    lengths = out["per_session_length"]
+    for v in lengths.values():
+        d = v["end_to_next_create_seconds"]
+        assert d["before"] > 720 > job_end.GOAL_SECONDS >= d["after"] > d["after_pool_available_at_record"]
+        steps = [s["step"] for s in v["paths"]["after"]["pool_available_at_first_check"]["steps"]]
+        assert "WaitForPool" in steps and not any("WaitForJob" in s for s in steps)
+    assert {v["history_events_per_session"]["after"] for v in lengths.values()} == {32}
+    before = [v["history_events_per_session"]["before"] for v in lengths.values()]
+    assert before == sorted(before) and before[-1] > 10 * before[0] / 2  # grew with the session's length
+    assert out["worst_after_seconds"] <= job_end.GOAL_SECONDS

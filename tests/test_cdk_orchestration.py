@@ -91,9 +91,8 @@ def test_state_machine_is_standard_logged_traced(synth: Synth) -> None:
 def test_definition_shape(synth: Synth) -> None:
     assert synth.definition["StartAt"] == "ReadInput"
     assert set(synth.states) == {
-        "ReadInput", "StartRun", "NextStep?", "PrepareSession", "CreateTrainingJob", "WaitForJob",
-        "DescribeTrainingJob", "JobEnded?", "DoubleWait", "CapWait", "ReleaseUnusedPool", "RecordSession",
-        "WaitBeforeRetry", "WaitForPool", "CheckPool", "FinishRun", "NotifySuccess", "RunSucceeded",
+        "ReadInput", "StartRun", "NextStep?", "PrepareSession", "CreateTrainingJob", "AwaitJobEnd",
+        "DescribeTrainingJob", "JobEnded?", "RecordSession", "WaitBeforeRetry", "WaitForPool", "CheckPool", "FinishRun", "NotifySuccess", "RunSucceeded",
         "HandleFailure", "RunFailed", "FailureHandlingFailed"}
     # HandleFailure publishes the alert itself (and records that it did), then the execution fails.
     assert synth.states["HandleFailure"]["Next"] == "RunFailed"
@@ -110,7 +109,7 @@ def test_definition_shape(synth: Synth) -> None:
                        for c in state.get("Catch", [])), name
 
 
-def test_sagemaker_is_called_through_the_sdk_integration_with_polling(synth: Synth) -> None:
+def test_sagemaker_is_called_through_the_sdk_integration_and_its_end_awaited_by_token(synth: Synth) -> None:
     create, describe = synth.states["CreateTrainingJob"], synth.states["DescribeTrainingJob"]
     assert create["Resource"] == "arn:<AWS::Partition>:states:::aws-sdk:sagemaker:createTrainingJob"
     assert describe["Resource"] == "arn:<AWS::Partition>:states:::aws-sdk:sagemaker:describeTrainingJob"
@@ -120,25 +119,47 @@ def test_sagemaker_is_called_through_the_sdk_integration_with_polling(synth: Syn
     assert set(params) == {f"{f}.$" for f in create_fields(vpc=False) if f != "RoleArn"} | {"RoleArn"}
     assert params["RoleArn"].startswith("<TrainingRole")
     assert params["TrainingJobName.$"] == "$.job.request.TrainingJobName"
-    retry = create["Retry"][0]
-    assert {"SageMaker.ThrottlingException", "SageMaker.ResourceLimitExceededException"} <= set(retry["ErrorEquals"])
     assert create["Catch"][0] == {"ErrorEquals": ["SageMaker.ResourceInUseException"], "ResultPath": None,
-                                  "Next": "WaitForJob"}
+                                  "Next": "AwaitJobEnd"}
+    assert create["Next"] == "AwaitJobEnd"
+    # The wait: a Lambda task with a token, bounded by a heartbeat and by the job's own limits.
+    wait = synth.states["AwaitJobEnd"]
+    assert wait["Resource"] == "arn:<AWS::Partition>:states:::lambda:invoke.waitForTaskToken"
+    assert wait["Parameters"]["FunctionName"] == {"Fn::GetAtt": [synth.ids["functions"]["await_job"], "Arn"]} \
+        or wait["Parameters"]["FunctionName"].startswith(f"<{synth.ids['functions']['await_job']}")
+    assert wait["Parameters"]["Payload"]["token.$"] == "$$.Task.Token"
+    assert wait["Parameters"]["Payload"]["job_name.$"] == "$.job.job_name"
+    assert wait["HeartbeatSeconds"] == 2700 and wait["TimeoutSecondsPath"] == "$.job.timeout_seconds"
+    assert wait["ResultPath"] == "$.status" and wait["Next"] == "RecordSession"
+    assert wait["Catch"][0] == {"ErrorEquals": ["States.Timeout", "States.HeartbeatTimeout"], "ResultPath": None,
+                                "Next": "DescribeTrainingJob"}
+    # No Wait state between a job's end and RecordSession: nothing polls the job.
+    assert not any(s["Type"] == "Wait" and s.get("Next") in ("DescribeTrainingJob", "AwaitJobEnd")
+                   for s in synth.states.values())
     assert describe["ResultSelector"] == {"TrainingJobStatus.$": "$.TrainingJobStatus",
                                           "SecondaryStatus.$": "$.SecondaryStatus"}
-    assert synth.states["WaitForJob"]["Next"] == "DescribeTrainingJob"
-    assert synth.states["WaitForJob"]["SecondsPath"] == "$.job.poll.seconds"
+    assert describe["Next"] == "JobEnded?"
     ended = synth.states["JobEnded?"]
     assert sorted(c["StringEquals"] for c in ended["Choices"][0]["Or"]) == ["Completed", "Failed", "Stopped"]
-    # Not ended: release an unused pool once past Starting, else pace the next poll.
-    assert [c["Next"] for c in ended["Choices"]] == ["RecordSession", "ReleaseUnusedPool", "WaitForJob", "CapWait"]
-    assert ended["Default"] == "DoubleWait"
-    assert ended["Choices"][2] == {"Variable": "$.job.poll.seconds", "NumericGreaterThanEqualsPath": "$.job.poll.max",
-                                   "Next": "WaitForJob"}
-    assert synth.states["DoubleWait"]["Parameters"]["seconds.$"] == \
-        "States.MathAdd($.job.poll.seconds, $.job.poll.seconds)"
-    assert synth.states["CapWait"]["Parameters"]["seconds.$"] == "$.job.poll.max"
-    assert all(synth.states[n]["Next"] == "WaitForJob" for n in ("DoubleWait", "CapWait", "ReleaseUnusedPool"))
+    assert [c["Next"] for c in ended["Choices"]] == ["RecordSession"] and ended["Default"] == "AwaitJobEnd"
+
+
+def test_the_heartbeat_outlasts_reconciliation_and_stays_below_the_least_timeout() -> None:
+    from aws_cdk import Duration
+
+    from stacks.orchestration.state_machine import RetryPacing
+
+    with pytest.raises(ValueError, match="three reconciliation intervals"):
+        RetryPacing(job_heartbeat=Duration.minutes(20), reconcile_every=Duration.minutes(10))
+    with pytest.raises(ValueError, match="shorter than 3600 s"):
+        RetryPacing(job_heartbeat=Duration.hours(1))
+
+
+def test_sdk_calls_retry_throttling_also_under_the_generic_sagemaker_error_names(synth: Synth) -> None:
+    for name in ("CreateTrainingJob", "DescribeTrainingJob"):
+        (retry,) = synth.states[name]["Retry"]
+        assert {"SageMaker.ThrottlingException", "SageMaker.ResourceLimitExceededException",
+                "SageMaker.AmazonSageMakerException", "SageMaker.SageMakerException"} <= set(retry["ErrorEquals"])
 
 
 def test_definition_serialized_matches(synth: Synth) -> None:
@@ -189,8 +210,9 @@ def test_state_machine_role_is_scoped(synth: Synth) -> None:
     logical, attribute = pass_role["Resource"]["Fn::GetAtt"]
     assert logical.startswith("TrainingRole") and attribute == "Arn"
     invoked = {json.dumps(r) for s in by_action["lambda:invokefunction"] for r in _resources(s)}
-    for name, logical in synth.ids["functions"].items():  # its own functions but the EventBridge target
-        assert (json.dumps({"Fn::GetAtt": [logical, "Arn"]}) in invoked) == (name != "cleanup"), name
+    for name, logical in synth.ids["functions"].items():  # its own functions but the EventBridge targets
+        assert (json.dumps({"Fn::GetAtt": [logical, "Arn"]}) in invoked) == (name not in ("cleanup", "job_events")), \
+            name
     assert all(r.get("Ref", "").startswith("Topic") for s in by_action["sns:publish"] for r in _resources(s))
     # "*" only for actions that have no resource-level permissions.
     for s in statements:
@@ -219,15 +241,23 @@ def test_each_lambda_holds_only_what_its_step_calls(synth: Synth, name: str) -> 
         expected |= {"sns:Publish", "kms:Decrypt", "kms:GenerateDataKey*"}
     if name == "start_run":  # is the execution that last drove a run still running? (taking over a dead one)
         expected.add("states:DescribeExecution")
+    expected |= {f"s3:{a}" for a in spec.tokens}
+    if name in ("await_job", "job_events"):  # they complete the waiting tasks
+        expected |= {"states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"}
     assert actions == expected
     for s in statements:
         if "s3:GetObject" in _actions(s) or "s3:PutObject" in _actions(s):
             for r in _resources(s):
                 assert r["Fn::Join"][1][-1].lstrip("/").split("/")[0] + "/" in ("configs/", "runs/",
-                                                                                  "executions/", "checkpoints/"), r
+                                                                                  "executions/", "checkpoints/",
+                                                                                  "tokens/"), r
+        if "s3:DeleteObject" in _actions(s):
+            assert [r["Fn::Join"][1][-1] for r in _resources(s)] == ["/tokens/*"]
         if "s3:ListBucket" in _actions(s):
             assert set(s["Condition"]["StringLike"]["s3:prefix"]) <= {"configs/*", "runs/*", "executions/*",
-                                                                      "checkpoints/*"}
+                                                                      "checkpoints/*", "tokens/*"}
+        if any(a.startswith("states:SendTask") for a in _actions(s)):
+            assert _resources(s) == [{"Ref": synth.ids["state_machine"]}]
         if any(a.startswith("sagemaker:") for a in _actions(s)):
             assert _resources(s) == [_job_arn("rlpipe")]
         if "states:DescribeExecution" in _actions(s):
@@ -274,11 +304,49 @@ def test_cleanup_rule_targets_abnormal_ends_of_this_machine(synth: Synth) -> Non
     })
 
 
+def test_job_end_rule_matches_this_stacks_jobs_at_their_terminal_statuses(synth: Synth, synth_vpc: Synth) -> None:
+    for given, prefix in ((synth, "rlpipe-"), (synth_vpc, "rl-")):
+        given.template.has_resource_properties("AWS::Events::Rule", {
+            "EventPattern": {
+                "source": ["aws.sagemaker"], "detail-type": ["SageMaker Training Job State Change"],
+                "detail": {"TrainingJobName": [{"prefix": prefix}],
+                           "TrainingJobStatus": ["Completed", "Failed", "Stopped"]}},
+            "Targets": [Match.object_like({
+                "Arn": {"Fn::GetAtt": [given.ids["functions"]["job_events"], "Arn"]},
+                "RetryPolicy": Match.any_value(),
+                "DeadLetterConfig": {"Arn": {"Fn::GetAtt": [Match.any_value(), "Arn"]}}})],
+        })
+    # The slow reconciliation: a schedule targeting the same function.
+    synth.template.has_resource_properties("AWS::Events::Rule", {
+        "ScheduleExpression": "rate(10 minutes)",
+        "Targets": [Match.object_like({"Arn": {"Fn::GetAtt": [synth.ids["functions"]["job_events"], "Arn"]}})],
+    })
+
+
+def test_functions_completing_tasks_reach_only_this_machine_and_the_token_prefix(synth_vpc: Synth) -> None:
+    """AwaitJobEnd and JobEvents: SendTask* on this state machine only, S3 on tokens/ only; with a KMS bucket,
+    the key's calls their S3 actions need."""
+    for name, kms in (("await_job", {"kms:GenerateDataKey"}), ("job_events", {"kms:Decrypt"})):
+        prefix = "OrchestrationFunctions" + "".join(p.capitalize() for p in name.split("_")) + "Role"
+        statements = synth_vpc.policy_statements(prefix)
+        sends = [s for s in statements if any(a.startswith("states:") for a in _actions(s))]
+        assert len(sends) == 1 and _resources(sends[0]) == [{"Ref": synth_vpc.ids["state_machine"]}]
+        assert sorted(_actions(sends[0])) == ["states:SendTaskFailure", "states:SendTaskHeartbeat",
+                                              "states:SendTaskSuccess"]
+        granted_kms = {a for s in statements for a in _actions(s) if a.startswith("kms:")}
+        assert granted_kms == kms, name
+        touched = {r["Fn::Join"][1][-1].split("/")[1] for s in statements for r in _resources(s)
+                   if any(a.startswith("s3:") and a != "s3:ListBucket" for a in _actions(s))}
+        assert touched == {"tokens"}, name
+
+
 def test_undelivered_cleanup_events_land_in_an_encrypted_queue_and_alert(synth: Synth) -> None:
     orchestration = synth.orchestration
     queue_id = synth.stack.get_logical_id(orchestration.cleanup_dlq.node.default_child)
-    rule = next(iter(synth.template.find_resources("AWS::Events::Rule").values()))
-    assert rule["Properties"]["Targets"][0]["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}}
+    rules = synth.template.find_resources("AWS::Events::Rule").values()
+    delivered = [r for r in rules if "EventPattern" in r["Properties"]]  # cleanup and job-end events
+    assert len(delivered) == 2 and all(r["Properties"]["Targets"][0]["DeadLetterConfig"] ==
+                                       {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}} for r in delivered)
     synth.template.has_resource_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True})
     synth.template.has_resource_properties("AWS::SQS::QueuePolicy", {"PolicyDocument": {"Statement": Match.array_with([
         Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}}),

@@ -93,6 +93,37 @@ def test_vpc_and_kms(tiny_raw: dict[str, Any]) -> None:
     assert request["OutputDataConfig"]["KmsKeyId"] == VPC.kms_key_arn
 
 
+@pytest.mark.parametrize("instance_type", ["ml.g5.xlarge", "ml.g4dn.xlarge", "ml.p4d.24xlarge", "ml.p5.48xlarge",
+                                           "ml.trn1.2xlarge", "ml.g6.xlarge", "ml.r5d.large"])
+def test_no_volume_key_for_instance_types_with_local_storage(sagemaker_model: Any, tiny_raw: dict[str, Any],
+                                                             instance_type: str) -> None:
+    """SageMaker rejects VolumeKmsKeyId for local NVMe storage: the request leaves it out (output stays encrypted)."""
+    raw = copy.deepcopy(tiny_raw)
+    raw["defaults"] = {**raw.get("defaults", {}), "compute": {"instance_type": instance_type}}
+    for request in requests_for(raw, VPC):
+        assert_valid(sagemaker_model, "CreateTrainingJob", request)
+        assert "VolumeKmsKeyId" not in request["ResourceConfig"]
+        assert request["OutputDataConfig"]["KmsKeyId"] == VPC.kms_key_arn
+
+
+def test_instance_storage_table(sagemaker_model: Any) -> None:
+    import json
+    from importlib import resources
+
+    from rlpipe.cloud.instance_storage import has_instance_storage, instance_storage_families
+
+    table = json.loads(resources.files("rlpipe").joinpath("data", "instance_storage.json").read_text())
+    families = instance_storage_families()
+    assert not families & set(table["not_instance_storage"])
+    # The API reference's own examples: NVMe for ml.p4d, ml.g4dn, ml.g5; EBS for ml.c5 and ml.p2.
+    assert all(has_instance_storage(t) for t in ("ml.p4d.24xlarge", "ml.g4dn.xlarge", "ml.g5.2xlarge"))
+    assert not any(has_instance_storage(t) for t in ("ml.c5.xlarge", "ml.p2.xlarge", "ml.c6i.2xlarge", "ml.g5"))
+    # Every training family botocore knows is classified one way or the other.
+    training = {t.split(".")[1] for t in sagemaker_model.shape_for("TrainingInstanceType").enum}
+    unclassified = training - families - set(table["not_instance_storage"]) - set(table["unverified"])
+    assert not unclassified, f"classify these families in rlpipe/data/instance_storage.json: {unclassified}"
+
+
 def test_keep_alive_only_when_the_next_session_reuses_the_pool(sagemaker_model: Any, tiny_raw: dict[str, Any]) -> None:
     raw = copy.deepcopy(tiny_raw)
     raw["sessions"].append({"name": "other-type", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
@@ -185,3 +216,18 @@ def test_job_arn_pattern_covers_own_jobs_only() -> None:
     assert not fnmatchcase(other, mine) and fnmatchcase(other, naming.job_name_pattern("rlpipe-dev"))
     with pytest.raises(naming.NamingError):
         naming.job_name("rlpipe", "r", 1000, "s", 1)  # the pattern holds three index digits
+
+
+def test_keep_alive_limit_is_botocores(sagemaker_model: Any, tiny_raw: dict[str, Any]) -> None:
+    """The config's keep-alive range is the one SageMaker's model gives, for create and update alike."""
+    from rlpipe.config import MAX_KEEP_ALIVE_SECONDS
+
+    for shape in ("ResourceConfig", "ResourceConfigForUpdate"):
+        member = sagemaker_model.shape_for(shape).members["KeepAlivePeriodInSeconds"]
+        assert (member.metadata["min"], member.metadata["max"]) == (0, MAX_KEEP_ALIVE_SECONDS)
+    raw = copy.deepcopy(tiny_raw)
+    raw["defaults"] = {**raw.get("defaults", {}),
+                       "compute": {"warm_pool": {"keep_alive_seconds": MAX_KEEP_ALIVE_SECONDS}}}
+    first = requests_for(raw)[0]
+    assert first["ResourceConfig"]["KeepAlivePeriodInSeconds"] == MAX_KEEP_ALIVE_SECONDS
+    assert_valid(sagemaker_model, "CreateTrainingJob", first)

@@ -21,8 +21,7 @@ from rlpipe.state import RunState
 
 BUCKET = "rlpipe-bucket"
 DEFAULT_KEY = "configs/default/pipeline.json"
-FAST = Timing(min_poll_seconds=0, max_poll_seconds=0, pool_poll_seconds=0, pool_max_polls=3,
-              retry_wait_seconds=0, max_attempts=3)
+FAST = Timing(pool_poll_seconds=0, pool_max_polls=3, retry_wait_seconds=0, max_attempts=3)
 
 
 class ScriptedSageMaker:
@@ -149,13 +148,21 @@ def test_start_is_idempotent(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> N
 
 
 def test_too_long_a_pipeline_is_refused_before_anything_runs(aws: dict[str, Any]) -> None:
+    """Only the number of sessions counts: 100 sessions of days each start, 700 short ones do not."""
+    from rlpipe.cloud.pacing import EVENTS_FIXED, EVENTS_PER_SESSION
+
     ctx = aws["ctx"]
     ctx.timing = Timing()  # real pacing
-    raw = {"name": "huge", "defaults": {"algorithm": "ppo", "n_envs": 2},
-           "sessions": [{"name": f"s{i}", "env": "rlpipe/HeightMaximize-v0", "timesteps": 40_000_000}
-                        for i in range(100)]}
+
+    def pipeline(sessions: int, timesteps: int) -> dict[str, Any]:
+        return {"name": f"huge-{sessions}", "defaults": {"algorithm": "ppo", "n_envs": 2},
+                "sessions": [{"name": f"s{i}", "env": "rlpipe/HeightMaximize-v0", "timesteps": timesteps}
+                             for i in range(sessions)]}
+
+    assert start(ctx, {"pipeline": pipeline(100, 40_000_000)}, "long-sessions")["run"]["sessions"] == 100
+    too_many = (HISTORY_EVENT_LIMIT - EVENTS_FIXED) // EVENTS_PER_SESSION + 1
     with pytest.raises(steps.InvalidInput, match="too long for one execution"):
-        start(ctx, {"pipeline": raw})
+        start(ctx, {"pipeline": pipeline(too_many, 256)}, "many-sessions")
 
 
 def _real_execution(name: str) -> str:
@@ -199,6 +206,45 @@ def test_resume_takes_over_a_run_whose_execution_died(aws: dict[str, Any], tiny_
     store = ctx.run_store(run_id)
     assert store.get_json(store.keys.owner)["execution"] == "second"
     assert store.load_state().sessions[0].status == "interrupted"
+
+
+class RecordingSageMaker:
+    """Wraps a client and records the API name of every call (``describe_training_job`` ->
+    ``DescribeTrainingJob``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner, self.operations = inner, set()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+
+        def call(**kwargs: Any) -> Any:
+            self.operations.add("".join(part.capitalize() for part in name.split("_")))
+            return method(**kwargs)
+        return call
+
+
+def test_take_over_calls_only_sagemaker_actions_the_start_run_role_holds(aws: dict[str, Any],
+                                                                           tiny_raw: dict[str, Any]) -> None:
+    """Taking over a dead execution's run stops its job and releases pools from StartRun: its role must hold
+    every SageMaker action that path calls (moto enforces no IAM, so this compares with the grants)."""
+    from stacks.orchestration.functions import SPECS
+
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    arn = _real_execution("dead")
+    run_id = steps.start_run({"input": {"pipeline": tiny_raw}, "execution": "dead", "execution_arn": arn,
+                              "started_at": "2025-01-01T12:00:00.000Z"}, ctx)["run"]["run_id"]
+    first = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "dead"}, ctx)["job_name"]
+    sm.completed(first, f"s3://{BUCKET}/runs/{run_id}/output/", pool="Available")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
+    second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "dead"}, ctx)["job_name"]
+    sm.jobs[second] = {"TrainingJobStatus": "InProgress", "ResourceConfig": {"KeepAlivePeriodInSeconds": 600}}
+    boto3.client("stepfunctions", region_name="us-east-1").stop_execution(executionArn=arn)
+    ctx.sagemaker = recorder = RecordingSageMaker(sm)
+    start(ctx, {"resume_run_id": run_id}, "second")
+    assert recorder.operations == {"DescribeTrainingJob", "UpdateTrainingJob", "StopTrainingJob"}
+    assert recorder.operations <= set(SPECS["start_run"].sagemaker)
+    assert ("stop", second) in sm.calls and sm.jobs[first]["WarmPoolStatus"]["Status"] == "Terminated"
 
 
 # ---- one session ------------------------------------------------------------------------------------------------
@@ -361,38 +407,37 @@ def test_cleanup_of_an_execution_that_never_started_a_run(aws: dict[str, Any]) -
 
 # ---- pacing ---------------------------------------------------------------------------------------------------
 
-def test_timing_from_env_and_growing_poll_interval() -> None:
-    t = Timing.from_env({"RLPIPE_MIN_POLL_SECONDS": "5", "RLPIPE_POOL_MAX_POLLS": "7"})
-    assert (t.min_poll_seconds, t.pool_max_polls, t.max_poll_seconds) == (5, 7, Timing.max_poll_seconds)
-    real = Timing()  # 60 s doubling to 900 s: 60, 120, 240, 480, 900, 900, ...
-    assert real.poll() == {"seconds": 60, "max": 900, "double_up_to": 450}
-    waits = [real.first_wait]
-    for _ in range(5):
-        waits.append(real.next_wait(waits[-1]))
-    assert waits == [60, 120, 240, 480, 900, 900]
-    assert real.polls_for(60) == (1, 1) and real.polls_for(1800) == (5, 4)
-    # A job ten times longer than planned costs ten times fewer extra rounds than at a fixed first interval.
-    assert real.polls_for(36_000)[0] == 4 + (36_000 - 900 + 899) // 900
-    assert Timing(min_poll_seconds=0, max_poll_seconds=0).poll() == {"seconds": 0, "max": 0, "double_up_to": 0}
+def test_timing_from_env() -> None:
+    t = Timing.from_env({"RLPIPE_POOL_POLL_SECONDS": "5", "RLPIPE_POOL_MAX_POLLS": "7"})
+    assert (t.pool_poll_seconds, t.pool_max_polls, t.retry_wait_seconds) == (5, 7, Timing.retry_wait_seconds)
 
 
-def test_prepare_hands_the_loop_its_pacing(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+def test_prepare_bounds_the_wait_by_the_jobs_own_limits(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
     ctx = aws["ctx"]
-    ctx.timing = Timing(min_poll_seconds=30, max_poll_seconds=600)
-    run_id = start(ctx, {"pipeline": tiny_raw})["run"]["run_id"]
+    raw = copy.deepcopy(tiny_raw)
+    raw["sessions"][0]["compute"] = {"max_runtime_seconds": 7200}
+    run_id = start(ctx, {"pipeline": raw})["run"]["run_id"]
     out = steps.prepare_session({"run_id": run_id, "index": 0, "try": 0, "execution": "exec-1"}, ctx)
-    assert out["poll"] == {"seconds": 30, "max": 600, "double_up_to": 300}
+    assert out["timeout_seconds"] == 7200 + steps.job_events.WAIT_MARGIN_SECONDS
     assert out["previous_pool"] == {"pending": False, "job_name": ""}
+    spot = parse_pipeline({**raw, "sessions": [{**raw["sessions"][0], "compute": {
+        "spot": True, "warm_pool": {"enabled": False}, "max_runtime_seconds": 3600, "max_wait_seconds": 10_800}}]})
+    assert steps.wait_timeout_seconds(spot.sessions[0].compute) == 10_800 + steps.job_events.WAIT_MARGIN_SECONDS
 
 
-def test_history_estimate_grows_with_sessions(tiny_raw: dict[str, Any]) -> None:
+def test_history_estimate_depends_on_session_count_not_length(tiny_raw: dict[str, Any]) -> None:
+    from rlpipe.cloud.pacing import EVENTS_PER_SESSION
     from rlpipe.plan import build_plan
 
-    small = estimated_history_events(build_plan(parse_pipeline(tiny_raw)), Timing())
-    raw = copy.deepcopy(tiny_raw)
-    raw["sessions"] = [dict(raw["sessions"][0], name=f"s{i}") for i in range(100)]
-    big = estimated_history_events(build_plan(parse_pipeline(raw)), Timing())
-    assert 50 < small < big < HISTORY_EVENT_LIMIT
+    def estimate(sessions: int, timesteps: int) -> int:
+        raw = copy.deepcopy(tiny_raw)
+        raw["sessions"] = [dict(raw["sessions"][0], name=f"s{i}", timesteps=timesteps) for i in range(sessions)]
+        return estimated_history_events(build_plan(parse_pipeline(raw)))
+
+    short, long = estimate(10, 256), estimate(10, 40_000_000)  # minutes against days per session
+    assert short == long
+    assert estimate(11, 256) - short == EVENTS_PER_SESSION
+    assert estimate(100, 256) < HISTORY_EVENT_LIMIT
 
 
 def test_cleanup_keeps_a_succeeded_run_succeeded(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
@@ -511,17 +556,27 @@ def test_check_pool_stops_waiting_when_no_pool_was_kept(aws: dict[str, Any], tin
 
 
 def test_an_unused_pool_is_released_while_the_next_job_runs(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    """Reconciliation sees session 2's job past its start while session 1's pool still idles: it ends the pool,
+    and RecordSession then records it as Terminated."""
     ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = RecordingStepFunctions()
     run_id, first = _through_first_session(aws, tiny_raw, pool="Available")
     steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
     job = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)
     assert job["previous_pool"] == {"pending": True, "job_name": first}
-    out = steps.release_unused_pool({"run_id": run_id, "job_name": first}, ctx)
-    assert out == {"pending": False, "job_name": first}
+    second = job["job_name"]
+    sm.jobs[second] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"}
+    steps.await_job_end({"token": "t", "run_id": run_id, "job_name": second, "previous_pool": job["previous_pool"]},
+                        ctx)
+    assert steps.reconcile({}, ctx)["heartbeats"] == 1 and sm.updates == []  # may still take the pool
+    sm.jobs[second]["SecondaryStatus"] = "Training"
+    steps.reconcile({}, ctx)
     assert sm.updates == [{"TrainingJobName": first, "ResourceConfig": {"KeepAlivePeriodInSeconds": 0}}]
+    steps.reconcile({}, ctx)  # released once
+    assert len(sm.updates) == 1
+    sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/")
+    steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
     assert ctx.run_store(run_id).load_state().sessions[0].warm_pool_status == "Terminated"
-    sm.jobs[first]["WarmPoolStatus"] = {"Status": "InUse"}  # not settled yet: look again next round
-    assert steps.release_unused_pool({"run_id": run_id, "job_name": first}, ctx)["pending"] is True
 
 
 def test_cleanup_of_a_taken_over_run_touches_only_its_own_jobs(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
@@ -591,3 +646,91 @@ def test_transition_leaves_out_the_transfer_evaluation(aws: dict[str, Any], tiny
     steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": out["job_name"]}, ctx)
     # session 1 ended 12:09:50; 60 s to the first step, 20 of them the warm-started policy's evaluation
     assert ctx.run_store(run_id).load_state().sessions[1].transition_seconds == 40.0
+
+
+# ---- a job's end by event: tokens, duplicates, closed tasks, reconciliation ----------------------------------
+
+class RecordingStepFunctions:
+    """SendTask* calls recorded; tokens in ``closed`` answer as Step Functions does for a closed task."""
+
+    def __init__(self, closed: set[str] | None = None) -> None:
+        self.closed, self.calls = closed or set(), []
+
+    def _call(self, action: str, taskToken: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803 (boto3's names)
+        from botocore.exceptions import ClientError
+
+        self.calls.append((action, taskToken, kwargs))
+        if taskToken in self.closed:
+            raise ClientError({"Error": {"Code": "TaskTimedOut", "Message": "Task Timed Out"}}, action)
+        return {}
+
+    def send_task_success(self, **kw: Any) -> dict[str, Any]:
+        return self._call("success", **kw)
+
+    def send_task_failure(self, **kw: Any) -> dict[str, Any]:
+        return self._call("failure", **kw)
+
+    def send_task_heartbeat(self, **kw: Any) -> dict[str, Any]:
+        return self._call("heartbeat", **kw)
+
+
+def _job_event(name: str, status: str) -> dict[str, Any]:
+    return {"detail-type": "SageMaker Training Job State Change", "source": "aws.sagemaker",
+            "detail": {"TrainingJobName": name, "TrainingJobStatus": status, "SecondaryStatus": status}}
+
+
+def test_job_end_events_complete_the_wait_once(aws: dict[str, Any]) -> None:
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = sfn = RecordingStepFunctions()
+    job = "rlpipe-0123abcd-000-stand-1"
+    sm.jobs[job] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    out = steps.await_job_end({"token": "tok-1", "run_id": "r", "job_name": job,
+                               "previous_pool": {"pending": False, "job_name": ""}}, ctx)
+    assert out == {"job_name": job, "ended": False} and sfn.calls == []
+    assert steps.job_state_changed(_job_event(job, "InProgress"), ctx)["action"] == "ignored"
+    assert steps.job_state_changed(_job_event("other-0123abcd-000-x-1", "Completed"), ctx)["action"] == "ignored"
+    assert steps.handle_job_event(_job_event(job, "Failed"), ctx)["action"] == "completed"
+    assert sfn.calls == [("success", "tok-1", {"output": json.dumps({"TrainingJobStatus": "Failed",
+                                                                      "SecondaryStatus": "Failed"})})]
+    assert steps.job_state_changed(_job_event(job, "Failed"), ctx)["action"] == "none"  # the duplicate
+    assert len(sfn.calls) == 1
+
+
+def test_a_task_closed_before_counts_as_done_and_its_token_is_forgotten(aws: dict[str, Any]) -> None:
+    """The waiting step and the event race, or the execution ended: TaskTimedOut means already done."""
+    from rlpipe.cloud.tokens import TokenStore
+
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = RecordingStepFunctions(closed={"tok-old"})
+    job = "rlpipe-0123abcd-000-stand-1"
+    sm.jobs[job] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    TokenStore(aws["s3"], BUCKET).put(job, "tok-old", "r")
+    assert steps.job_state_changed(_job_event(job, "Completed"), ctx)["action"] == "already-closed"
+    assert TokenStore(aws["s3"], BUCKET).waiting() == {}
+    # Ended before the token was stored: the waiting step completes its own task.
+    sm.jobs[job]["TrainingJobStatus"] = "Completed"
+    assert steps.await_job_end({"token": "tok-new", "run_id": "r", "job_name": job}, ctx)["ended"] is True
+    assert ctx.stepfunctions.calls[-1][:2] == ("success", "tok-new") and TokenStore(aws["s3"], BUCKET).waiting() == {}
+
+
+def test_reconciliation_completes_ended_jobs_heartbeats_running_ones_and_fails_missing_ones(
+        aws: dict[str, Any]) -> None:
+    from rlpipe.cloud.tokens import TokenStore
+
+    ctx, sm = aws["ctx"], aws["sagemaker"]
+    ctx.stepfunctions = sfn = RecordingStepFunctions(closed={"tok-gone"})
+    tokens = TokenStore(aws["s3"], BUCKET)
+    sm.jobs["rlpipe-0123abcd-000-a-1"] = {"TrainingJobStatus": "Completed", "SecondaryStatus": "Completed"}
+    sm.jobs["rlpipe-0123abcd-001-b-1"] = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    tokens.put("rlpipe-0123abcd-000-a-1", "tok-ended", "r")
+    tokens.put("rlpipe-0123abcd-001-b-1", "tok-running", "r")
+    tokens.put("rlpipe-0123abcd-001-b-1", "tok-gone", "r")      # an earlier wait whose execution is gone
+    tokens.put("rlpipe-0123abcd-002-c-1", "tok-missing", "r")   # no such job
+    assert steps.handle_job_event({"detail-type": "Scheduled Event", "detail": {}}, ctx) == \
+        {"completed": 2, "heartbeats": 1, "forgotten": 1}
+    by_token = {c[1]: c[0] for c in sfn.calls}
+    assert by_token == {"tok-ended": "success", "tok-running": "heartbeat", "tok-gone": "heartbeat",
+                        "tok-missing": "failure"}
+    failure = next(c for c in sfn.calls if c[1] == "tok-missing")[2]
+    assert failure["error"] == "TrainingJobMissing"
+    assert [t.token for ts in tokens.waiting().values() for t in ts] == ["tok-running"]

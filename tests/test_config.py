@@ -60,8 +60,8 @@ def with_(path: str, value: Any, raw: dict[str, Any] | None = None) -> dict[str,
     ("defaults.hyperparameters.learning_rat", 0.1, "defaults.hyperparameters: unknown for ppo: 'learning_rat' "
                                                    "(did you mean 'learning_rate'?)"),
     ("defaults.compute.spot", True, "defaults.compute.spot: spot cannot be combined with a warm pool"),
-    ("defaults.compute.warm_pool.keep_alive_seconds", 3601, "defaults.compute.warm_pool.keep_alive_seconds: "
-                                                            "Input should be less than or equal to 3600"),
+    ("defaults.compute.warm_pool.keep_alive_seconds", 21_601, "defaults.compute.warm_pool.keep_alive_seconds: "
+                                                              "Input should be less than or equal to 21600"),
     ("defaults.compute.warm_pool.keep_alive_seconds", -1, "keep_alive_seconds: Input should be greater than or "
                                                           "equal to 0"),
     ("defaults.compute.instance_type", "c5.xlarge", "defaults.compute.instance_type: String should match pattern"),

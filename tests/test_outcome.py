@@ -73,7 +73,7 @@ def test_plan_reads_back_from_its_json(tiny_raw: dict[str, Any]) -> None:
 def test_lambda_settings_round_trip_through_the_environment() -> None:
     settings = LambdaSettings(StackSettings(bucket="b", role_arn="arn:role", image_uri="img", job_prefix="rl",
                                             subnet_ids=("s1", "s2"), security_group_ids=("g1",), kms_key_arn="k"),
-                              timing=Timing(min_poll_seconds=5, pool_max_polls=7), topic_arn="arn:topic",
+                              timing=Timing(pool_poll_seconds=5, pool_max_polls=7), topic_arn="arn:topic",
                               default_pipeline_key="configs/default/pipeline.json")
     env = settings.environment(job_settings=True, topic=True, default_pipeline=True)
     assert LambdaSettings.from_env(env) == settings

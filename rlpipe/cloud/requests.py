@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlpipe.cloud.instance_storage import has_instance_storage
 from rlpipe.cloud.naming import DEFAULT_JOB_PREFIX, check_job_prefix
 from rlpipe.cloud.store import RunKeys, s3_uri
 from rlpipe.config import SessionConfig
@@ -112,7 +113,8 @@ def create_training_job_request(settings: StackSettings, *, run_id: str, pipelin
                                  "VolumeSizeInGB": compute.volume_size_gb}
     if planned.keep_alive_seconds > 0:
         resources["KeepAlivePeriodInSeconds"] = planned.keep_alive_seconds
-    if settings.kms_key_arn:
+    # SageMaker rejects a volume key for instance types with local NVMe storage (hardware-encrypted instead).
+    if settings.kms_key_arn and not has_instance_storage(compute.instance_type):
         resources["VolumeKmsKeyId"] = settings.kms_key_arn
     stopping: dict[str, int] = {"MaxRuntimeInSeconds": compute.max_runtime_seconds}
     if compute.spot:

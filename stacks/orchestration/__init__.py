@@ -1,5 +1,6 @@
-"""Orchestration: the Lambdas, the Step Functions state machine that runs a pipeline, and the EventBridge
-rule that cleans up after executions that end abnormally.
+"""Orchestration: the Lambdas, the Step Functions state machine that runs a pipeline, the EventBridge rules
+that end a job's wait (job-state events, a reconciliation schedule) and the rule that cleans up after
+executions that end abnormally.
 
 The stack passes in the bucket, the SageMaker role, the image and the topic; this construct grants itself
 what it needs on them (and nothing on ``*`` where a scope exists).
@@ -23,6 +24,8 @@ from constructs import Construct
 
 from rlpipe.cloud.naming import job_name_pattern
 from rlpipe.cloud.pacing import Timing
+from rlpipe.cloud.steps import JOB_ENDED
+from rlpipe.cloud.steps.job_events import JOB_STATE_CHANGE
 from stacks.orchestration.functions import LOG_RETENTION, TOPIC_KEY_ACK, Functions, job_arn
 from stacks.orchestration.state_machine import RetryPacing, build_definition
 from stacks.settings import AppSettings
@@ -33,10 +36,12 @@ DLQ_RETENTION = Duration.days(14)
 
 
 class Orchestration(Construct):
-    """Runs pipelines: Standard state machine (JSONPath, all events logged, X-Ray) over eight Lambdas.
+    """Runs pipelines: Standard state machine (JSONPath, all events logged, X-Ray) over nine Lambdas.
 
     Attributes: ``state_machine``, ``functions`` (name -> Function), ``log_group``, ``cleanup_rule``,
-    ``cleanup_dlq`` (cleanup events EventBridge could not deliver) and ``cleanup_dlq_alarm`` (alerts on them).
+    ``job_ended_rule`` (a job of this stack reached a terminal status), ``reconcile_rule`` (the schedule of the
+    slow reconciliation), ``cleanup_dlq`` (events of these rules EventBridge could not deliver) and
+    ``cleanup_dlq_alarm`` (alerts on them).
     ``timing`` and ``pacing`` exist for tests and impatient users; the defaults suit real jobs.
     """
 
@@ -48,6 +53,7 @@ class Orchestration(Construct):
         job_prefix = settings.job_prefix
         removal_policy = settings.cdk_removal_policy
         jobs_arn = job_arn(stack, job_prefix)
+        pacing = pacing or RetryPacing()
 
         self._functions = Functions(
             self, "Functions", bucket=bucket, training_role=training_role, image_uri=image_uri, topic=topic,
@@ -78,6 +84,7 @@ class Orchestration(Construct):
         topic.grant_publish(self.state_machine)
 
         self._grant_describe_own_executions(stack)
+        self._grant_task_response(stack)
 
         cleanup = self.functions["cleanup"]
         self.cleanup_dlq = sqs.Queue(self, "CleanupDeadLetters", encryption=sqs.QueueEncryption.SQS_MANAGED,
@@ -96,11 +103,32 @@ class Orchestration(Construct):
             targets=[targets.LambdaFunction(cleanup, retry_attempts=8, max_event_age=Duration.hours(6),
                                             dead_letter_queue=self.cleanup_dlq)],
         )
-        # An undelivered cleanup event means a job may still run or a pool idle: tell the team.
+        job_events = self.functions["job_events"]
+        # Only this stack's jobs (prefix and hyphen, as job_name_pattern) and only their ends: the function runs
+        # once per job, not per status change. Duplicates are expected (SageMaker may send several per change).
+        self.job_ended_rule = events.Rule(
+            self, "TrainingJobEnded",
+            description="rlpipe: a training job of this stack ended; complete the task waiting for it",
+            event_pattern=events.EventPattern(
+                source=["aws.sagemaker"], detail_type=[JOB_STATE_CHANGE],
+                detail={"TrainingJobName": events.Match.prefix(f"{job_prefix}-"),
+                        "TrainingJobStatus": list(JOB_ENDED)}),
+            targets=[targets.LambdaFunction(job_events, retry_attempts=8, max_event_age=Duration.hours(6),
+                                            dead_letter_queue=self.cleanup_dlq)],
+        )
+        # A lost event must not leave an execution waiting: describe the jobs of stored tokens now and then.
+        self.reconcile_rule = events.Rule(
+            self, "ReconcileWaitingJobs",
+            description="rlpipe: complete tasks whose job ended without a delivered event; heartbeat the others",
+            schedule=events.Schedule.rate(pacing.reconcile_every),
+            targets=[targets.LambdaFunction(job_events, retry_attempts=2, max_event_age=pacing.reconcile_every)],
+        )
+        # An undelivered cleanup or job-end event means a job may still run, a pool idle or a run wait until
+        # reconciliation: tell the team.
         self.cleanup_dlq_alarm = cloudwatch.Alarm(
             self, "CleanupUndelivered",
-            alarm_description="rlpipe: a cleanup event could not be delivered; a training job may still run or a "
-                              "warm pool idle. See the dead-letter queue and stop them by hand.",
+            alarm_description="rlpipe: a cleanup or job-end event could not be delivered; a training job may still "
+                              "run or a warm pool idle. See the dead-letter queue and stop them by hand.",
             metric=self.cleanup_dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
             threshold=1, evaluation_periods=1,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
@@ -125,6 +153,17 @@ class Orchestration(Construct):
                f"execution:<{stack.get_logical_id(self.state_machine.node.default_child)}.Name>:*]",
             reason="Executions are named at start time; DescribeExecution is limited to this state machine's own "
                    "executions."))
+
+    def _grant_task_response(self, stack: Stack) -> None:
+        """AwaitJobEnd (the race) and JobEvents complete and heartbeat the state machine's waiting tasks.
+
+        A policy of its own, for the same reason as :meth:`_grant_describe_own_executions`.
+        """
+        iam.Policy(self, "CompleteWaitingTasks",
+                   roles=[self._functions.roles["await_job"], self._functions.roles["job_events"]],
+                   statements=[iam.PolicyStatement(
+                       actions=["states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"],
+                       resources=[self.state_machine.state_machine_arn])])
 
     def _acknowledge(self, stack: Stack, job_prefix: str) -> None:
         role = self.state_machine.role

@@ -18,6 +18,7 @@ from rlpipe.cloud.environment import LambdaSettings
 from rlpipe.cloud.pacing import Timing
 from rlpipe.cloud.requests import StackSettings
 from rlpipe.cloud.store import CHECKPOINTS_PREFIX, CONFIGS_PREFIX, EXECUTIONS_PREFIX, RUNS_PREFIX
+from rlpipe.cloud.tokens import TOKENS_PREFIX
 from stacks.orchestration.packaging import ARCHITECTURE, RUNTIME, handler_code, layer_code
 
 LOG_RETENTION = logs.RetentionDays.THREE_MONTHS
@@ -35,6 +36,7 @@ class FunctionSpec:
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     sagemaker: tuple[str, ...] = ()
+    tokens: tuple[str, ...] = ()  # S3 actions on the waiting tasks' tokens (rlpipe.cloud.tokens)
     publishes: bool = False
     plots: bool = False
     timeout_seconds: int = 60
@@ -44,7 +46,10 @@ class FunctionSpec:
 SPECS: dict[str, FunctionSpec] = {
     "start_run": FunctionSpec("Validates the execution input, plans the pipeline, creates or resumes the run",
                               read=(CONFIGS_PREFIX, RUNS_PREFIX, EXECUTIONS_PREFIX),
-                              write=(RUNS_PREFIX, EXECUTIONS_PREFIX), timeout_seconds=120),
+                              write=(RUNS_PREFIX, EXECUTIONS_PREFIX),
+                              # Taking over a dead execution's run stops its job and releases its pools.
+                              sagemaker=("DescribeTrainingJob", "UpdateTrainingJob", "StopTrainingJob"),
+                              timeout_seconds=120),
     "prepare_session": FunctionSpec("Writes session.json and builds the CreateTrainingJob request",
                                     read=(RUNS_PREFIX,), write=(RUNS_PREFIX,)),
     "record_session": FunctionSpec("Records a finished training job and hands its bundle on",
@@ -53,10 +58,15 @@ SPECS: dict[str, FunctionSpec] = {
     "check_pool": FunctionSpec("Polls the previous job's warm pool before the next session",
                                read=(RUNS_PREFIX,), write=(RUNS_PREFIX,),
                                sagemaker=("DescribeTrainingJob",), timeout_seconds=30, memory_mb=256),
-    "release_unused_pool": FunctionSpec("Releases the previous job's pool when the running job did not take it",
-                                        read=(RUNS_PREFIX,), write=(RUNS_PREFIX,),
-                                        sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"),
-                                        timeout_seconds=30, memory_mb=256),
+    # Both also complete tasks (states:SendTask*): granted in Orchestration, once the state machine exists.
+    "await_job": FunctionSpec("Stores the waiting task's token by job name; completes it if the job already ended",
+                              sagemaker=("DescribeTrainingJob",), tokens=("PutObject", "DeleteObject"),
+                              timeout_seconds=30, memory_mb=256),
+    "job_events": FunctionSpec("Completes the task waiting for a job that ended (EventBridge); on a schedule, "
+                               "reconciles stored tokens, heartbeats them, releases unused pools",
+                               sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"),
+                               tokens=("GetObject", "DeleteObject", "ListBucket"), timeout_seconds=120,
+                               memory_mb=256),
     "finish_run": FunctionSpec("Marks the run succeeded, releases warm pools, writes the report",
                                read=(RUNS_PREFIX, CHECKPOINTS_PREFIX, EXECUTIONS_PREFIX),
                                write=(RUNS_PREFIX, EXECUTIONS_PREFIX),
@@ -134,6 +144,7 @@ class Functions(Construct):
              "X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level permissions."),
         ]
         acks += self._grant_bucket(role, bucket, spec, name, default_pipeline_key)
+        acks += self._grant_tokens(role, bucket, spec)
         if spec.sagemaker:
             role.add_to_policy(iam.PolicyStatement(actions=[f"sagemaker:{a}" for a in spec.sagemaker],
                                                    resources=[self._job_arn]))
@@ -167,6 +178,24 @@ class Functions(Construct):
                    "the synthesized handlers under a local 3.13 interpreter); move with a tested build."))
         self.functions[name] = fn
         self.roles[name] = role
+
+    def _grant_tokens(self, role: iam.Role, bucket: s3.IBucket, spec: FunctionSpec) -> list[tuple[str, str]]:
+        """The spec's actions on ``tokens/`` objects only (ListBucket limited to that prefix)."""
+        if not spec.tokens:
+            return []
+        objects = [a for a in spec.tokens if a != "ListBucket"]
+        role.add_to_policy(iam.PolicyStatement(actions=[f"s3:{a}" for a in objects],
+                                               resources=[bucket.arn_for_objects(f"{TOKENS_PREFIX}*")]))
+        if "ListBucket" in spec.tokens:
+            role.add_to_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
+                                                   conditions={"StringLike": {"s3:prefix": [f"{TOKENS_PREFIX}*"]}}))
+        if bucket.encryption_key is not None:
+            bucket.encryption_key.grant(role, *(["kms:Decrypt"] if "GetObject" in objects else []),
+                                        *(["kms:GenerateDataKey"] if "PutObject" in objects else []))
+        bucket_id = Stack.of(self).get_logical_id(bucket.node.default_child) if bucket.node.default_child else None
+        return [(f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{TOKENS_PREFIX}*]",
+                 "Task tokens are stored per training job at run time; access stays within the tokens/ prefix "
+                 "of the pipeline bucket.")]
 
     def _grant_bucket(self, role: iam.Role, bucket: s3.IBucket, spec: FunctionSpec, name: str,
                       default_pipeline_key: str) -> list[tuple[str, str]]:

@@ -7,19 +7,21 @@
                               │ │ └─pool→ WaitForPool → CheckPool → NextStep?
                               │ └─retry→ WaitBeforeRetry → PrepareSession
                               ▼ otherwise
-    PrepareSession → CreateTrainingJob → WaitForJob → DescribeTrainingJob → JobEnded? ─yes→ RecordSession → NextStep?
-                                            ▲                                   │ no
-                                            ├── (wait at its cap) ──────────────┤
-                                            ├── DoubleWait / CapWait ───────────┤
-                                            └── ReleaseUnusedPool ──────────────┘ (once past Starting)
+    PrepareSession → CreateTrainingJob → AwaitJobEnd ──────────────────────────→ RecordSession → NextStep?
+                                            ▲    │ heartbeat/timeout                 ▲
+                                            │    ▼                                   │ ended
+                                            └─ DescribeTrainingJob → JobEnded? ──────┘
     any error ─Catch→ HandleFailure (stops the job, releases pools, report, alert) → RunFailed
 
 SageMaker is called through the AWS SDK integration (``aws-sdk:sagemaker:*``), not the optimized ``.sync``
 one: the request is passed as built (KeepAlivePeriodInSeconds included) and the loop decides when the next
-job may start (after the previous pool is Available). The wait between polls starts at the Lambdas'
-``min_poll_seconds`` and doubles each round up to its cap (``$.job.poll``, :mod:`rlpipe.cloud.pacing`); all
-waits come from the payload, so tests run the same definition without sleeping. The failure alert is
-published by HandleFailure itself, which records that it did: if it fails, the cleanup Lambda alerts.
+job may start (after the previous pool is Available). A job's end arrives by event: AwaitJobEnd is a
+``.waitForTaskToken`` Lambda task that stores its token by job name; the "SageMaker Training Job State
+Change" rule's Lambda completes it (:mod:`rlpipe.cloud.steps.job_events`). A lost event is found by the
+scheduled reconciliation, which also heartbeats the task; should that stop, the heartbeat timeout (or the
+job's own limits, ``$.job.timeout_seconds``) leads to one describe and a new wait: an execution never hangs.
+The failure alert is published by HandleFailure itself, which records that it did: if it fails, the cleanup
+Lambda alerts.
 """
 
 from __future__ import annotations
@@ -36,25 +38,43 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from rlpipe.cloud.requests import create_fields
-from rlpipe.cloud.steps import STARTING_SECONDARY
+from rlpipe.cloud.steps import JOB_ENDED
+from rlpipe.cloud.steps.job_events import WAIT_MARGIN_SECONDS
 
-JOB_ENDED = ("Completed", "Failed", "Stopped")
-# Step Functions names SDK errors "<Service>.<ErrorCode>Exception" (the suffix is always added).
+# Step Functions names SDK errors "<Service>.<ErrorCode>Exception" (the suffix is always added). Throttling
+# has also been reported as the generic SageMaker.AmazonSageMakerException / SageMaker.SageMakerException
+# (aws-step-functions-data-science-sdk-python #162, #191): retried too, so a throttled run does not fail.
 RETRYABLE_SAGEMAKER_ERRORS = ["SageMaker.ThrottlingException", "SageMaker.ResourceLimitExceededException",
-                              "SageMaker.InternalFailureException", "SageMaker.ServiceUnavailableException"]
+                              "SageMaker.InternalFailureException", "SageMaker.ServiceUnavailableException",
+                              "SageMaker.AmazonSageMakerException", "SageMaker.SageMakerException"]
 JOB_EXISTS_ERROR = "SageMaker.ResourceInUseException"
 LAMBDA_TRANSIENT_ERRORS = ["Lambda.TooManyRequestsException", "Lambda.Unknown"]
+WAIT_TIMED_OUT = "States.Timeout"
+HEARTBEAT_TIMED_OUT = "States.HeartbeatTimeout"
 
 
 @dataclass(frozen=True)
 class RetryPacing:
-    """Retry intervals of SDK calls (static in the definition; tests shrink them)."""
+    """Retry intervals of SDK calls and the job wait's heartbeat (static in the definition; tests shrink them).
+
+    ``job_heartbeat`` must exceed the reconciliation interval several times over: reconciliation sends the
+    heartbeats, so the timeout fires only when it has stopped. It stays below the wait's TimeoutSeconds, which
+    is at least ``WAIT_MARGIN_SECONDS`` (Step Functions wants HeartbeatSeconds < TimeoutSeconds).
+    """
 
     create_interval: Duration = Duration.seconds(30)
     create_attempts: int = 6
     describe_interval: Duration = Duration.seconds(10)
     describe_attempts: int = 8
     backoff_rate: float = 2.0
+    job_heartbeat: Duration = Duration.minutes(45)
+    reconcile_every: Duration = Duration.minutes(10)
+
+    def __post_init__(self) -> None:
+        if self.job_heartbeat.to_seconds() < 3 * self.reconcile_every.to_seconds():
+            raise ValueError("job_heartbeat must be at least three reconciliation intervals")
+        if self.job_heartbeat.to_seconds() >= WAIT_MARGIN_SECONDS:
+            raise ValueError(f"job_heartbeat must be shorter than {WAIT_MARGIN_SECONDS} s (the least TimeoutSeconds)")
 
 
 def _invoke(scope: Construct, name: str, fn: lambda_.IFunction, payload: dict[str, object],
@@ -128,10 +148,24 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
         comment="The request exactly as PrepareSession built it")
     create.add_retry(errors=RETRYABLE_SAGEMAKER_ERRORS, interval=pacing.create_interval,
                      max_attempts=pacing.create_attempts, backoff_rate=pacing.backoff_rate)
-    wait_job = sfn.Wait(scope, "WaitForJob", time=sfn.WaitTime.seconds_path("$.job.poll.seconds"))
+    # The job's end arrives by event: one task waits however long the job runs (history per session constant).
+    await_end = tasks.LambdaInvoke(
+        scope, "AwaitJobEnd", lambda_function=functions["await_job"],
+        integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+        payload=sfn.TaskInput.from_object({
+            "token": sfn.JsonPath.task_token, "run_id": run_id,
+            "job_name": sfn.JsonPath.string_at("$.job.job_name"),
+            "previous_pool": sfn.JsonPath.object_at("$.job.previous_pool")}),
+        result_path="$.status", heartbeat_timeout=sfn.Timeout.duration(pacing.job_heartbeat),
+        task_timeout=sfn.Timeout.at("$.job.timeout_seconds"), retry_on_service_exceptions=True,
+        comment="Token stored by job name; completed by the job-state event, by this step if the job ended "
+                "first, or by the scheduled reconciliation")
+    await_end.add_retry(errors=LAMBDA_TRANSIENT_ERRORS, interval=Duration.seconds(2), max_attempts=4,
+                        backoff_rate=2)
     # The name is fixed per attempt: "already exists" means a retried call got through before.
-    create.add_catch(wait_job, errors=[JOB_EXISTS_ERROR], result_path=sfn.JsonPath.DISCARD)
+    create.add_catch(await_end, errors=[JOB_EXISTS_ERROR], result_path=sfn.JsonPath.DISCARD)
     create.add_catch(handle_failure, result_path="$.error")
+    # No heartbeat (reconciliation stopped) or past the job's limits: look at the job, then record or wait again.
     describe = on_error(tasks.CallAwsService(
         scope, "DescribeTrainingJob", service="sagemaker", action="describeTrainingJob",
         parameters={"TrainingJobName": sfn.JsonPath.string_at("$.job.job_name")},
@@ -141,41 +175,18 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
         result_path="$.status"))
     describe.add_retry(errors=RETRYABLE_SAGEMAKER_ERRORS, interval=pacing.describe_interval,
                        max_attempts=pacing.describe_attempts, backoff_rate=pacing.backoff_rate)
+    await_end.add_catch(describe, errors=[WAIT_TIMED_OUT, HEARTBEAT_TIMED_OUT], result_path=sfn.JsonPath.DISCARD)
+    on_error(await_end)
     record = on_error(_invoke(scope, "RecordSession", functions["record_session"],
                               {"run_id": run_id, "index": index, "try": attempt_try,
                                "job_name": sfn.JsonPath.string_at("$.job.job_name")},
                               "$.cursor", "State, metrics, bundle handoff; decides what comes next"))
-    # Not ended: release the previous pool once this job is past its start and did not take it, else pace
-    # the next poll (double the wait, or set it to its cap; once there, no extra state per round).
-    release_unused = on_error(_invoke(scope, "ReleaseUnusedPool", functions["release_unused_pool"],
-                                      {"run_id": run_id,
-                                       "job_name": sfn.JsonPath.string_at("$.job.previous_pool.job_name")},
-                                      "$.job.previous_pool", "The previous pool idles while this job runs: end it"))
-    release_unused.next(wait_job)
-    poll = "$.job.poll"
-    double_wait = sfn.Pass(scope, "DoubleWait", result_path=poll, parameters={
-        "seconds": sfn.JsonPath.math_add(sfn.JsonPath.number_at(f"{poll}.seconds"),
-                                         sfn.JsonPath.number_at(f"{poll}.seconds")),
-        "max": sfn.JsonPath.number_at(f"{poll}.max"),
-        "double_up_to": sfn.JsonPath.number_at(f"{poll}.double_up_to")})
-    cap_wait = sfn.Pass(scope, "CapWait", result_path=poll, parameters={
-        "seconds": sfn.JsonPath.number_at(f"{poll}.max"), "max": sfn.JsonPath.number_at(f"{poll}.max"),
-        "double_up_to": sfn.JsonPath.number_at(f"{poll}.double_up_to")})
-    double_wait.next(wait_job)
-    cap_wait.next(wait_job)
-    past_start = sfn.Condition.and_(
-        sfn.Condition.string_equals("$.status.TrainingJobStatus", "InProgress"),
-        sfn.Condition.boolean_equals("$.job.previous_pool.pending", True),
-        sfn.Condition.not_(sfn.Condition.or_(*[sfn.Condition.string_equals("$.status.SecondaryStatus", s)
-                                               for s in STARTING_SECONDARY])))
     job_ended = sfn.Choice(scope, "JobEnded?")
     job_ended.when(sfn.Condition.or_(*[sfn.Condition.string_equals("$.status.TrainingJobStatus", s)
                                        for s in JOB_ENDED]), record)
-    job_ended.when(past_start, release_unused)
-    job_ended.when(sfn.Condition.number_greater_than_equals_json_path(f"{poll}.seconds", f"{poll}.max"), wait_job)
-    job_ended.when(sfn.Condition.number_greater_than_json_path(f"{poll}.seconds", f"{poll}.double_up_to"), cap_wait)
-    job_ended.otherwise(double_wait)
-    prepare.next(create).next(wait_job).next(describe).next(job_ended)
+    job_ended.otherwise(await_end)
+    describe.next(job_ended)
+    prepare.next(create).next(await_end).next(record)
 
     # -- between sessions: one Choice decides what comes next, from the cursor ---------------------------------
     next_step = sfn.Choice(scope, "NextStep?", comment="After the start, a session or a pool check")

@@ -15,7 +15,9 @@ The modules, each importing only those above it:
 * :mod:`~rlpipe.cloud.steps.inputs`: the execution input;
 * :mod:`~rlpipe.cloud.steps.loop`: the cursor, the pointer payload the state machine loops on;
 * :mod:`~rlpipe.cloud.steps.training_jobs`: stop the run's active job;
-* :mod:`~rlpipe.cloud.steps.pools`: warm pools (CheckPool, ReleaseUnusedPool, releasing a run's pools);
+* :mod:`~rlpipe.cloud.steps.pools`: warm pools (CheckPool, releasing a run's pools);
+* :mod:`~rlpipe.cloud.steps.job_events`: a job's end by event (AwaitJobEnd, the job-state event,
+  reconciliation);
 * :mod:`~rlpipe.cloud.steps.start`: StartRun;
 * :mod:`~rlpipe.cloud.steps.prepare`: PrepareSession;
 * :mod:`~rlpipe.cloud.steps.record`: RecordSession;
@@ -31,9 +33,11 @@ from rlpipe.cloud.steps.context import (SUBJECT_MAX, Context, InvalidInput, RunC
                                         sns_subject)
 from rlpipe.cloud.steps.ending import cleanup_execution, fail_run, finish_run, readable_error
 from rlpipe.cloud.steps.inputs import INPUT_FIELDS, read_input
+from rlpipe.cloud.steps.job_events import (JOB_ENDED, await_job_end, handle_job_event, job_state_changed,
+                                           reconcile, wait_timeout_seconds)
 from rlpipe.cloud.steps.loop import cursor
 from rlpipe.cloud.steps.pools import (NO_POOL_CHECKS, NO_POOL_STATUS, STARTING_SECONDARY, check_pool,
-                                      release_run_pools, release_unused_pool)
+                                      release_run_pools)
 from rlpipe.cloud.steps.prepare import prepare_session
 from rlpipe.cloud.steps.record import CAPACITY_MARKERS, record_session
 from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report
@@ -48,7 +52,8 @@ __all__ = [
     # SageMaker jobs and warm pools
     "close_active_job",
     "NO_POOL_CHECKS", "NO_POOL_STATUS", "STARTING_SECONDARY", "check_pool", "release_run_pools",
-    "release_unused_pool",
+    # a job's end by event
+    "JOB_ENDED", "await_job_end", "handle_job_event", "job_state_changed", "reconcile", "wait_timeout_seconds",
     # the Lambdas' steps
     "start_run", "execution_is_running", "prepare_session", "CAPACITY_MARKERS", "record_session",
     "finish_run", "fail_run", "cleanup_execution",

@@ -1,4 +1,8 @@
-"""Warm pools: wait for the previous job's pool before the next submission, release pools nobody takes."""
+"""Warm pools: wait for the previous job's pool before the next submission, release pools nobody takes.
+
+A pool the next job did not take is released while that job runs by reconciliation
+(:mod:`rlpipe.cloud.steps.job_events`), and at the latest when it ends (RecordSession).
+"""
 
 from __future__ import annotations
 
@@ -69,19 +73,3 @@ def check_pool(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         elif status != "Available":
             log.warning("pool of %s is %s; the next job may start cold", job_name, status)
     return out
-
-
-def release_unused_pool(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-    """The running job is past its start: if the previous job's pool still idles, this job did not take it.
-
-    Called once the Describe loop sees the job InProgress beyond ``Starting`` (SecondaryStatus), so an unused
-    pool stops billing now instead of when this job ends. Assumption (not provable without AWS): by then
-    SageMaker has moved a pool the job reused to ``Reused``; a pool still ``InUse`` is checked again on the
-    next round. Event: ``{"run_id", "job_name"}`` (the previous job). Returns ``$.job.previous_pool``.
-    """
-    job_name = str(event["job_name"])
-    job = jobs.describe_job(ctx.sagemaker, job_name)
-    status = jobs.pool_status(job)
-    if jobs.release_pool(ctx.sagemaker, job_name, job):
-        _set_pool_status(ctx, event.get("run_id"), job_name, "Terminated")
-    return {"pending": status == "InUse", "job_name": job_name}

@@ -9,6 +9,7 @@ from typing import Any
 from rlpipe.cloud import jobs, naming
 from rlpipe.cloud.requests import create_training_job_request
 from rlpipe.cloud.steps.context import Context, load_pipeline, load_plan
+from rlpipe.cloud.steps.job_events import wait_timeout_seconds
 from rlpipe.cloud.steps.pools import NO_POOL_STATUS
 from rlpipe.cloud.store import RunStore
 from rlpipe.contract import session_document
@@ -39,9 +40,9 @@ def _previous_pool(plan: Plan, state: RunState, index: int) -> dict[str, Any]:
 def prepare_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """Write session.json and build the CreateTrainingJob request of the session's next attempt.
 
-    Event: ``{"run_id", "index", "try", "execution"}``. Returns ``{"job_name", "attempt", "poll",
+    Event: ``{"run_id", "index", "try", "execution"}``. Returns ``{"job_name", "attempt", "timeout_seconds",
     "previous_pool", "request"}``; the request goes unchanged to ``aws-sdk:sagemaker:createTrainingJob``,
-    ``poll`` paces the Describe loop (:mod:`rlpipe.cloud.pacing`).
+    ``timeout_seconds`` bounds the wait for the job's end (:func:`~rlpipe.cloud.steps.job_events.wait_timeout_seconds`).
     """
     store = ctx.run_store(event["run_id"])
     index = int(event["index"])
@@ -69,5 +70,5 @@ def prepare_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     store.save_state(state)
     log.info("session %s: job %s (attempt %d, keep-alive %ss)", session.name, name, attempt,
              planned.keep_alive_seconds)
-    return {"job_name": name, "attempt": attempt, "poll": ctx.timing.poll(),
+    return {"job_name": name, "attempt": attempt, "timeout_seconds": wait_timeout_seconds(session.compute),
             "previous_pool": _previous_pool(plan, state, index), "request": request}

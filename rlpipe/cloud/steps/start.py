@@ -76,7 +76,7 @@ def start_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     else:
         assert pipeline is not None
         plan = build_plan(pipeline)
-        events = estimated_history_events(plan, ctx.timing)
+        events = estimated_history_events(plan)
         if events > HISTORY_EVENT_LIMIT:
             raise InvalidInput(f"pipeline '{pipeline.name}' is too long for one execution: about {events} history "
                                f"events expected, Step Functions allows {HISTORY_EVENT_LIMIT}; split it into "
@@ -86,7 +86,7 @@ def start_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         state = store.load_state() if store.exists_run() else RunState.new(pipeline, run_id, plan)
         store.put_json(store.keys.pipeline, pipeline.resolved())
         store.put_json(store.keys.plan, {"source": source, "estimated_history_events": events,
-                                         "poll": ctx.timing.poll(), **plan.to_dict()})
+                                         **plan.to_dict()})
         log.info("new run %s of %s (%d sessions) from %s", run_id, pipeline.name, len(pipeline.sessions), source)
     state.status, state.ended_at, state.error = "running", None, None
     store.save_state(state)
