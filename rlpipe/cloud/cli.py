@@ -249,8 +249,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"started [bold]{started['execution']}[/]")
         console.print(f"execution: {started['execution_arn']}", highlight=False)
         console.print(f"console:   {started['console']}", highlight=False)
-        console.print(f"follow with: rlpipe status {started['execution']}" + ("" if stack == DEFAULT_STACK
-                                                                               else f" --stack {stack}"))
+        console.print(f"follow with: rlpipe status {started['execution']} --watch"
+                      + ("" if stack == DEFAULT_STACK else f" --stack {stack}"))
 
     @app.command()
     def status(run: RunArg, stack: StackOpt = DEFAULT_STACK, region: RegionOpt = None,
