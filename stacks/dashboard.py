@@ -6,12 +6,14 @@ from collections.abc import Mapping
 
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from rlpipe.cloud.metrics import search_expression
+from rlpipe.cloud.metrics import plateau_query, search_expression
 from rlpipe.cloud.naming import dashboard_console_url
 
 # Training metrics worth a graph each (one SEARCH per graph: a graph shows at most 500 series).
@@ -20,6 +22,7 @@ TRAINING_GRAPHS = (
     ("fps", "Training speed (environment steps per second)", "Average"),
     ("global_timesteps", "Progress (timesteps on the run's axis)", "Maximum"),
     ("best_eval_reward", "Best evaluation reward so far", "Maximum"),
+    ("evals_since_best", "Evaluations since the best reward (a stall grows)", "Maximum"),
 )
 # Each series is labelled with its Host dimension: the job name, which holds the session's name.
 JOB_LABEL = "${PROP('Dim.Host')}"
@@ -46,13 +49,19 @@ class RunDashboard(Construct):
     by a metric search limited to the stack's job-name prefix, so new jobs appear without a redeploy), Lambda
     errors and the cleanup dead-letter queue's depth.
 
+    With ``plateau_evaluations`` (N > 0), an alarm goes off when a running session's evaluation reward has not
+    improved for N evaluations; it notifies ``plateau_topic`` only when one is given (by default it pages no
+    one and shows on the dashboard).
+
     Attributes: ``dashboard``, ``url`` (console URL, a token until deploy), ``training_expressions``
-    (metric name -> the SEARCH expression of its graph).
+    (metric name -> the SEARCH expression of its graph), ``plateau_alarm`` (or None).
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, state_machine: sfn.IStateMachine,
-                 functions: Mapping[str, lambda_.IFunction], cleanup_queue: sqs.IQueue, job_prefix: str) -> None:
+                 functions: Mapping[str, lambda_.IFunction], cleanup_queue: sqs.IQueue, job_prefix: str,
+                 plateau_evaluations: int = 0, plateau_topic: sns.ITopic | None = None) -> None:
         super().__init__(scope, construct_id)
+        self.plateau_alarm = self._plateau_alarm(plateau_evaluations, plateau_topic) if plateau_evaluations else None
         self.url = dashboard_url()
         self.training_expressions = {
             metric: search_expression(job_prefix, metric, statistic, int(TRAINING_PERIOD.to_seconds()))
@@ -76,7 +85,9 @@ class RunDashboard(Construct):
             cloudwatch.GraphWidget(
                 title=title, width=12, height=6, period=TRAINING_PERIOD,
                 left=[cloudwatch.SearchExpression(expression=self.training_expressions[metric], label=JOB_LABEL,
-                                                  period=TRAINING_PERIOD)])
+                                                  period=TRAINING_PERIOD)],
+                left_annotations=[cloudwatch.HorizontalAnnotation(value=plateau_evaluations, label="alarm")]
+                if metric == "evals_since_best" and self.plateau_alarm else None)
             for metric, title, _ in TRAINING_GRAPHS]
         queue = cloudwatch.GraphWidget(
             title="Cleanup events not delivered (dead-letter queue)", width=12, height=6,
@@ -85,4 +96,20 @@ class RunDashboard(Construct):
             left_annotations=[cloudwatch.HorizontalAnnotation(value=1, label="alerts the team")])
         self.dashboard = cloudwatch.Dashboard(
             self, "Dashboard", dashboard_name=dashboard_name(), default_interval=Duration.hours(6),
-            widgets=[[intro], [executions, lambda_errors], training[:2], training[2:], [queue]])
+            widgets=[[intro], [executions, lambda_errors], training[:2], training[2:4], [training[4], queue]])
+
+    def _plateau_alarm(self, evaluations: int, topic: sns.ITopic | None) -> cloudwatch.Alarm:
+        alarm = cloudwatch.Alarm(
+            self, "RewardPlateau",
+            alarm_description=(f"rlpipe: a running session's evaluation reward has not improved for {evaluations} "
+                               "evaluations (the jobs' evals_since_best metric; every rlpipe job of the account "
+                               "and region). See the dashboard; `rlpipe stop RUN` ends a run."),
+            metric=cloudwatch.MathExpression(expression=plateau_query(), period=SERVICE_PERIOD,
+                                             label="most evaluations since the best reward"),
+            threshold=evaluations, evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            # A finished job stops publishing: no data is no stall.
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+        if topic is not None:
+            alarm.add_alarm_action(cw_actions.SnsAction(topic))
+        return alarm

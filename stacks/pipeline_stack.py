@@ -54,7 +54,9 @@ class PipelineStack(Stack):
 
         self.dashboard = RunDashboard(self, "Dashboard", state_machine=self.orchestration.state_machine,
                                       functions=self.orchestration.functions,
-                                      cleanup_queue=self.orchestration.cleanup_dlq, job_prefix=settings.job_prefix)
+                                      cleanup_queue=self.orchestration.cleanup_dlq, job_prefix=settings.job_prefix,
+                                      plateau_evaluations=settings.plateau_evaluations,
+                                      plateau_topic=self.alerts.topic if settings.plateau_notify else None)
         # The run-end e-mail links the dashboard (its URL is made of pseudo parameters: no dependency cycle).
         for fn in self.orchestration.functions.values():
             for key, value in dashboard_environment(self.dashboard.url).items():

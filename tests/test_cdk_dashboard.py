@@ -170,3 +170,61 @@ def test_app_dashboard_follows_the_stacks_functions_and_prefix(app_template: dic
     expressions = [line[0]["expression"] for w in body["widgets"] for line in w["properties"].get("metrics", [])
                    if isinstance(line[0], dict)]
     assert len(expressions) == len(TRAINING_GRAPHS) and all(f"Host={PREFIX}'" in e for e in expressions)
+
+
+# --- the reward-plateau alarm ----------------------------------------------------------------------------------
+
+def _alarm_stack(**kwargs: Any) -> dict[str, Any]:
+    from aws_cdk import aws_sns as sns
+
+    stack = Stack(App(context=cdk_json_context()), "PlateauTest")
+    machine = sfn.StateMachine(stack, "Machine", definition_body=sfn.DefinitionBody.from_chainable(
+        sfn.Pass(stack, "Nothing")))
+    topic = sns.Topic(stack, "Topic") if kwargs.pop("topic", False) else None
+    RunDashboard(stack, "Dashboard", state_machine=machine, functions={}, cleanup_queue=sqs.Queue(stack, "Dlq"),
+                 job_prefix=PREFIX, plateau_topic=topic, **kwargs)
+    return Template.from_stack(stack).to_json()
+
+
+def _plateau_alarms(template: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r["Properties"] for k, r in template["Resources"].items()
+            if r["Type"] == "AWS::CloudWatch::Alarm" and "RewardPlateau" in k]
+
+
+def test_plateau_alarm_watches_evaluations_since_the_best_and_pages_no_one_by_default() -> None:
+    (alarm,) = _plateau_alarms(_alarm_stack(plateau_evaluations=5))
+    assert "AlarmActions" not in alarm
+    assert (alarm["Threshold"], alarm["ComparisonOperator"], alarm["TreatMissingData"]) == (
+        5, "GreaterThanOrEqualToThreshold", "notBreaching")
+    (query,) = alarm["Metrics"]
+    assert query["Expression"] == 'SELECT MAX(evals_since_best) FROM SCHEMA("/aws/sagemaker/TrainingJobs", Host)'
+    assert query["Period"] == 300  # a Metrics Insights query in an alarm needs its period
+    assert "evals_since_best" in {d["Name"] for d in METRIC_DEFINITIONS}
+
+
+def test_plateau_alarm_notifies_only_a_given_topic_and_is_absent_at_zero() -> None:
+    (alarm,) = _plateau_alarms(_alarm_stack(plateau_evaluations=3, topic=True))
+    (action,) = alarm["AlarmActions"]
+    assert "Topic" in action["Ref"]
+    assert _plateau_alarms(_alarm_stack(plateau_evaluations=0)) == []
+
+
+def test_app_has_the_silent_plateau_alarm_by_default(app_template: dict[str, Any]) -> None:
+    (alarm,) = _plateau_alarms(app_template)
+    assert alarm["Threshold"] == 10 and "AlarmActions" not in alarm
+    graph = _widget(_body(app_template), "Evaluations since the best")
+    assert graph["annotations"]["horizontal"][0]["value"] == 10
+
+
+@pytest.mark.parametrize("values,problem", [
+    ({"plateau_evaluations": "ten"}, "plateau_evaluations: 'ten' must be a whole number"),
+    ({"plateau_evaluations": "-1"}, "plateau_evaluations: '-1' must be a whole number"),
+    ({"plateau_notify": "yes"}, "plateau_notify: 'yes' must be true or false"),
+])
+def test_plateau_settings_are_checked(values: dict[str, str], problem: str) -> None:
+    from stacks.settings import AppSettings, SettingsError
+
+    with pytest.raises(SettingsError, match=problem):
+        AppSettings.from_context(values.get)
+    settings = AppSettings.from_context({"plateau_evaluations": "0", "plateau_notify": True}.get)
+    assert (settings.plateau_evaluations, settings.plateau_notify) == (0, True)

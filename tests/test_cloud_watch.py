@@ -245,3 +245,11 @@ def test_run_end_email_links_the_dashboard(aws: dict[str, Any], tiny_raw: dict[s
                                                 sagemaker=None, region=REGION), RUN_ID, None)
     assert "dashboard" not in without and "Dashboard:" not in steps.summary_message(
         build_report(RunState.new(parse_pipeline(tiny_raw), RUN_ID), {}), without)[1]
+
+
+def test_evaluations_since_best_counts_a_stall() -> None:
+    from rlpipe.trainer.callbacks import evaluations_since_best
+
+    assert evaluations_since_best([]) == 0
+    assert evaluations_since_best([1.0, 2.0, 3.0]) == 0
+    assert evaluations_since_best([1.0, 5.0, 4.0, 5.0, 2.0]) == 3  # equalling the best is no improvement

@@ -42,6 +42,17 @@ def search_expression(job_prefix: str, metric: str, statistic: str = "Average", 
     return f"SEARCH('{query}', '{statistic}', {period_seconds})"
 
 
+def plateau_query(metric: str = "evals_since_best") -> str:
+    """A Metrics Insights query: the largest ``metric`` over all training jobs that publish it, one series.
+
+    Alarms take a single series, and Metrics Insights filters dimension values only by equality, so this
+    covers every job in the account and region that prints the metric (every rlpipe stack's).
+    """
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"unknown training metric {metric!r}; known: {', '.join(METRIC_NAMES)}")
+    return f'SELECT MAX({metric}) FROM SCHEMA("{TRAINING_NAMESPACE}", {HOST_DIMENSION})'
+
+
 def latest_job_metrics(cloudwatch: Any, job_name: str, names: tuple[str, ...] = METRIC_NAMES,
                        lookback: timedelta = timedelta(hours=3), now: datetime | None = None
                        ) -> dict[str, tuple[datetime, float]]:
