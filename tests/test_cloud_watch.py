@@ -253,3 +253,22 @@ def test_evaluations_since_best_counts_a_stall() -> None:
     assert evaluations_since_best([]) == 0
     assert evaluations_since_best([1.0, 2.0, 3.0]) == 0
     assert evaluations_since_best([1.0, 5.0, 4.0, 5.0, 2.0]) == 3  # equalling the best is no improvement
+
+
+def test_a_source_the_credentials_may_not_read_is_noted_not_fatal(aws: dict[str, Any],
+                                                                  tiny_raw: dict[str, Any]) -> None:
+    from botocore.exceptions import ClientError
+
+    class Denied:
+        def get_metric_data(self, **_: Any) -> None:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "GetMetricData")
+
+    _running_run(aws, tiny_raw)
+    _checkpoint(aws, 64, [1.5])
+    watcher = watch.RunWatcher(S3Store(aws["s3"], BUCKET), RUN_ID, cloudwatch=Denied(), stepfunctions=aws["sfn"])
+    view = watcher.view()
+    assert view.progress["hold"] == watch.Progress(timesteps=64, reward=1.5, source="checkpoint")
+    assert len(view.notes) == 1 and view.notes[0].startswith("CloudWatch metrics not read:")
+    assert "AccessDenied" in view.notes[0] and not view.ended
+    watcher.cloudwatch = aws["cw"]
+    assert watcher.view().notes == []

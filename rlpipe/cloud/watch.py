@@ -8,7 +8,6 @@ Of these, the one with the most steps wins. ``rlpipe status RUN --watch`` redraw
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,8 +22,6 @@ from rich.table import Table
 from rlpipe.cloud.metrics import latest_job_metrics
 from rlpipe.cloud.store import RunKeys, S3Store
 from rlpipe.state import RunState, SessionState
-
-log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = ("succeeded", "failed", "interrupted")
 CHECKPOINT_MANIFEST = "manifest.json"  # rlpipe.trainer.checkpoints.MANIFEST (the trainer is not imported here)
@@ -123,20 +120,19 @@ class RunWatcher:
     run_id: str
     cloudwatch: Any = None
     stepfunctions: Any = None
-    _warned: set[str] = field(default_factory=set)
+    unavailable: dict[str, str] = field(default_factory=dict)  # source -> why it could not be read
 
     def _optional(self, what: str, call: Callable[[], Any]) -> Any:
-        """``call()``, or None (with one note per source) when the user's credentials may not use it."""
+        """``call()``, or None (noting why) when the user's credentials may not use that source."""
         try:
             return call()
         except Exception as exc:  # botocore ClientError (AccessDenied, throttling): the view goes on without it
-            if what not in self._warned:
-                self._warned.add(what)
-                log.warning("%s not read: %s", what, exc)
+            self.unavailable[what] = " ".join(str(exc).split())[:200]
             return None
 
     def view(self) -> RunView:
         """The run now."""
+        self.unavailable.clear()
         keys = RunKeys(self.run_id)
         state = RunState.model_validate(self.store.get_json(keys.state))
         view = RunView(state=state)
@@ -162,7 +158,7 @@ class RunWatcher:
                 if view.execution_status not in (None, "RUNNING"):
                     view.notes.append(f"execution {owner.get('execution') or arn} ended as "
                                       f"{view.execution_status}; the run's state is updated by its cleanup")
-        view.notes += [f"{w} unavailable (see the log)" for w in sorted(self._warned)]
+        view.notes += [f"{what} not read: {why}" for what, why in sorted(self.unavailable.items())]
         return view
 
 
