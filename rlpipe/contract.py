@@ -34,7 +34,8 @@ REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html",
 # One line per evaluation, e.g. "rlpipe-metric session=a step=4000 eval_mean_reward=12.5 ..."; SageMaker turns
 # these into CloudWatch metrics through MetricDefinitions (at most 40, one capture group each).
 METRIC_PREFIX = "rlpipe-metric"
-METRIC_NAMES = ("eval_mean_reward", "eval_std_reward", "best_eval_reward", "fps", "timesteps", "global_timesteps")
+METRIC_NAMES = ("eval_mean_reward", "eval_std_reward", "best_eval_reward", "fps", "timesteps", "global_timesteps",
+                "evals_since_best")
 _NUMBER = r"([-+0-9.eE]+|nan|inf)"
 METRIC_DEFINITIONS = [{"Name": n, "Regex": rf"{METRIC_PREFIX} .*\b{n}={_NUMBER}"} for n in METRIC_NAMES]
 

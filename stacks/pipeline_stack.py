@@ -8,8 +8,10 @@ from aws_cdk import Aws, CfnOutput, Fn, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
+from rlpipe.cloud.environment import dashboard_environment
 from rlpipe.cloud.requests import StackSettings
 from stacks.alerts import Alerts
+from stacks.dashboard import RunDashboard
 from stacks.orchestration import Orchestration
 from stacks.settings import AppSettings
 from stacks.storage import Storage
@@ -50,11 +52,23 @@ class PipelineStack(Stack):
         self.orchestration.state_machine.node.add_dependency(self.training_image.deployment,
                                                              self.storage.default_pipeline_writer)
 
+        self.dashboard = RunDashboard(self, "Dashboard", state_machine=self.orchestration.state_machine,
+                                      functions=self.orchestration.functions,
+                                      cleanup_queue=self.orchestration.cleanup_dlq, job_prefix=settings.job_prefix,
+                                      plateau_evaluations=settings.plateau_evaluations,
+                                      plateau_topic=self.alerts.topic if settings.plateau_notify else None)
+        # The run-end e-mail links the dashboard (its URL is made of pseudo parameters: no dependency cycle).
+        for fn in self.orchestration.functions.values():
+            for key, value in dashboard_environment(self.dashboard.url).items():
+                fn.add_environment(key, value)
+
         machine_arn = self.orchestration.state_machine.state_machine_arn
         CfnOutput(self, "StateMachineArn", value=machine_arn, description="Runs one pipeline per execution")
         CfnOutput(self, "BucketName", value=self.storage.bucket.bucket_name,
                   description="Configs, runs, checkpoints and reports")
         CfnOutput(self, "TopicArn", value=self.alerts.topic.topic_arn, description="Run alerts (email)")
+        CfnOutput(self, "DashboardUrl", value=self.dashboard.url,
+                  description="CloudWatch dashboard: executions, training metrics per session job, Lambda errors")
         CfnOutput(self, "ImageUri", value=self.training_image.image_uri, description="Training image")
         CfnOutput(self, "TrainingRoleArn", value=self.training_image.role.role_arn,
                   description="SageMaker execution role of the training jobs")

@@ -51,6 +51,9 @@ class AppSettings:
     default_pipeline: Path = field(default_factory=lambda: REPO_ROOT / "configs" / "pipeline.yaml")
     image_build_arg_base: ImageBase = "cpu"
     stack_name: str = DEFAULT_STACK_NAME
+    # The reward-plateau alarm: evaluations without improvement (0: no alarm); it emails only when asked.
+    plateau_evaluations: int = 10
+    plateau_notify: bool = False
 
     @property
     def uses_vpc(self) -> bool:
@@ -110,6 +113,15 @@ class AppSettings:
         if not _STACK_NAME.match(stack_name):
             problems.append(f"stack_name: '{stack_name}' is not a valid CloudFormation stack name")
 
+        plateau_value = _as_str(get("plateau_evaluations")) or str(cls.plateau_evaluations)
+        plateau_evaluations = int(plateau_value) if plateau_value.isdigit() else -1
+        if plateau_evaluations < 0:
+            problems.append(f"plateau_evaluations: '{plateau_value}' must be a whole number of evaluations "
+                            "(0 for no alarm)")
+        notify_value = (_as_str(get("plateau_notify")) or "false").lower()
+        if notify_value not in ("true", "false"):
+            problems.append(f"plateau_notify: '{notify_value}' must be true or false")
+
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -122,6 +134,8 @@ class AppSettings:
             default_pipeline=default_pipeline,
             image_build_arg_base=base,  # type: ignore[arg-type]
             stack_name=stack_name,
+            plateau_evaluations=plateau_evaluations,
+            plateau_notify=notify_value == "true",
         )
 
 

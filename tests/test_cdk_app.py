@@ -26,7 +26,7 @@ FULL_OPTIONS = {
     "image_build_arg_base": "cuda",
     "job_prefix": "rl",
 }
-EXPECTED_OUTPUTS = {"StateMachineArn", "BucketName", "TopicArn", "ImageUri", "StartExecutionCommand"}
+EXPECTED_OUTPUTS = {"StateMachineArn", "BucketName", "TopicArn", "ImageUri", "StartExecutionCommand", "DashboardUrl"}
 
 needs_orchestration = pytest.mark.skipif(
     not ((REPO / "stacks" / "orchestration.py").exists() or (REPO / "stacks" / "orchestration").is_dir()),

@@ -19,13 +19,13 @@ from typing import Annotated, Any, Optional
 import boto3
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from rlpipe.cloud import naming
 from rlpipe.cloud.jobs import ACTIVE_JOB_STATUSES
 from rlpipe.cloud.naming import DEFAULT_STACK_NAME
 from rlpipe.cloud.requests import StackSettings, create_training_job_request
 from rlpipe.cloud.store import CONFIGS_PREFIX, REPORT_FILES, RunKeys, S3Store, execution_key, is_missing
+from rlpipe.cloud.watch import RunWatcher, follow, run_table
 from rlpipe.config import ConfigError, PipelineConfig, load_pipeline
 from rlpipe.contract import session_document
 from rlpipe.plan import build_plan
@@ -142,26 +142,10 @@ def load_state(stack: Stack, run: str) -> RunState:
     return RunState.model_validate(stack.store.get_json(RunKeys(resolve_run(stack, run)).state))
 
 
-def _fmt(value: Any, spec: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return format(value, spec)
-
-
-def status_table(state: RunState) -> Table:
-    """One row per session: status, job, timesteps, rewards, AWS times, pool reuse and cost."""
-    table = Table(title=f"{state.pipeline} / {state.run_id}: {state.status}")
-    for col in ("#", "session", "status", "try", "job", "timesteps", "final reward", "billable s", "pool",
-                "reused pool", "cost $"):
-        table.add_column(col)
-    for i, s in enumerate(state.sessions):
-        table.add_row(str(i), s.name, s.status, _fmt(s.attempts or None), _fmt(s.job_name),
-                      f"{s.timesteps:,} / {s.timesteps_budget:,}", _fmt(s.final_eval_reward, ".2f"),
-                      _fmt(s.billable_seconds, ".0f"), _fmt(s.warm_pool_status), _fmt(s.reused_previous_pool),
-                      _fmt(s.cost_usd, ".4f"))
-    return table
+def watcher(stack: Stack, run: str, *, cloudwatch: bool = True) -> RunWatcher:
+    """A :class:`RunWatcher` of ``run`` (run id or execution name) with the stack's clients."""
+    return RunWatcher(stack.store, resolve_run(stack, run), stepfunctions=stack.client("stepfunctions"),
+                      cloudwatch=stack.client("cloudwatch") if cloudwatch else None)
 
 
 def stop_run(stack: Stack, run: str) -> str:
@@ -265,23 +249,37 @@ def register(app: typer.Typer) -> None:
         console.print(f"started [bold]{started['execution']}[/]")
         console.print(f"execution: {started['execution_arn']}", highlight=False)
         console.print(f"console:   {started['console']}", highlight=False)
-        console.print(f"follow with: rlpipe status {started['execution']}" + ("" if stack == DEFAULT_STACK
-                                                                               else f" --stack {stack}"))
+        console.print(f"follow with: rlpipe status {started['execution']} --watch"
+                      + ("" if stack == DEFAULT_STACK else f" --stack {stack}"))
 
     @app.command()
     def status(run: RunArg, stack: StackOpt = DEFAULT_STACK, region: RegionOpt = None,
-               as_json: Annotated[bool, typer.Option("--json", help="print state.json")] = False) -> None:
-        """Per-session status of a run on AWS (from its state.json in S3)."""
+               as_json: Annotated[bool, typer.Option("--json", help="print state.json")] = False,
+               watch: Annotated[bool, typer.Option(
+                   "--watch", "-w", help="redraw until the run ends; exit status 0 only if it succeeded")] = False,
+               interval: Annotated[float, typer.Option(
+                   min=1.0, help="seconds between refreshes with --watch")] = 30.0,
+               cloudwatch: Annotated[bool, typer.Option(
+                   "--cloudwatch/--no-cloudwatch",
+                   help="read the running job's latest metrics from CloudWatch (fresher than S3)")] = True) -> None:
+        """Per-session status of a run on AWS: state, steps, latest evaluation reward and speed."""
+        if as_json and watch:
+            raise _fail(CloudError("--json prints state.json once; it does not go with --watch"))
         try:
-            state = load_state(Stack.find(stack, region), run)
+            found = Stack.find(stack, region)
+            if as_json:
+                print(json.dumps(load_state(found, run).to_json(), indent=2))
+                return
+            runs = watcher(found, run, cloudwatch=cloudwatch)
+            view = follow(runs, console, interval) if watch else runs.view()
         except CloudError as exc:
             raise _fail(exc) from None
-        if as_json:
-            print(json.dumps(state.to_json(), indent=2))
-            return
-        console.print(status_table(state))
-        if state.error:
-            console.print(f"error: {state.error}", markup=False, highlight=False)
+        if not watch:
+            console.print(run_table(view))
+        if view.state.error:
+            console.print(f"error: {view.state.error}", markup=False, highlight=False)
+        if watch and view.state.status != "succeeded":
+            raise typer.Exit(1)
 
     @app.command()
     def stop(run: RunArg, stack: StackOpt = DEFAULT_STACK, region: RegionOpt = None) -> None:

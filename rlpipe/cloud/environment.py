@@ -22,6 +22,7 @@ SECURITY_GROUP_IDS = "RLPIPE_SECURITY_GROUP_IDS"
 KMS_KEY_ARN = "RLPIPE_KMS_KEY_ARN"
 TOPIC_ARN = "RLPIPE_TOPIC_ARN"
 DEFAULT_PIPELINE_KEY = "RLPIPE_DEFAULT_PIPELINE_KEY"
+DASHBOARD_URL = "RLPIPE_DASHBOARD_URL"  # linked from the run-end e-mail
 REGION = ("AWS_REGION", "AWS_DEFAULT_REGION")  # set by the Lambda runtime, not by the stack
 
 
@@ -32,13 +33,14 @@ def _split(value: str | None) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class LambdaSettings:
     """What a step reads from its environment: the stack's job settings, the pacing, the alert topic and the
-    default pipeline (the last two only where a step uses them), and the region."""
+    default pipeline (the last two only where a step uses them), the stack's dashboard, and the region."""
 
     stack: StackSettings
     timing: Timing = field(default_factory=Timing)
     topic_arn: str | None = None
     default_pipeline_key: str | None = None
     region: str | None = None
+    dashboard_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LambdaSettings:
@@ -51,12 +53,13 @@ class LambdaSettings:
                               kms_key_arn=env.get(KMS_KEY_ARN) or None)
         return cls(stack=stack, timing=Timing.from_env(env), topic_arn=env.get(TOPIC_ARN) or None,
                    default_pipeline_key=env.get(DEFAULT_PIPELINE_KEY) or None,
-                   region=next((env[n] for n in REGION if env.get(n)), None))
+                   region=next((env[n] for n in REGION if env.get(n)), None),
+                   dashboard_url=env.get(DASHBOARD_URL) or None)
 
     def environment(self, *, job_settings: bool = False, topic: bool = False,
                     default_pipeline: bool = False) -> dict[str, str]:
         """The variables of one function: bucket, job prefix and pacing always; the training-job settings,
-        the topic and the default pipeline key when that function uses them."""
+        the topic and the default pipeline key when that function uses them; the dashboard URL when known."""
         s = self.stack
         env = {BUCKET: s.bucket, JOB_PREFIX: s.job_prefix, **pacing.environment(self.timing)}
         if job_settings:
@@ -66,4 +69,11 @@ class LambdaSettings:
             env[TOPIC_ARN] = self.topic_arn
         if default_pipeline and self.default_pipeline_key:
             env[DEFAULT_PIPELINE_KEY] = self.default_pipeline_key
+        if self.dashboard_url:
+            env.update(dashboard_environment(self.dashboard_url))
         return env
+
+
+def dashboard_environment(url: str) -> dict[str, str]:
+    """The variable that tells a function the stack's dashboard URL (added once the dashboard exists)."""
+    return {DASHBOARD_URL: url}

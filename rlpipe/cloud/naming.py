@@ -105,6 +105,11 @@ def execution_console_url(region: str, execution_arn: str) -> str:
     return console_url(region, "states", f"/v2/executions/details/{execution_arn}")
 
 
+def dashboard_console_url(region: str, dashboard: str) -> str:
+    """A CloudWatch dashboard in the console."""
+    return console_url(region, "cloudwatch", f"dashboards/dashboard/{dashboard}")
+
+
 def job_console_url(region: str, job_name: str) -> str:
     """A SageMaker training job in the console."""
     return console_url(region, "sagemaker", f"/jobs/{job_name}")

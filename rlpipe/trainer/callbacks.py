@@ -28,6 +28,15 @@ def crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
+def evaluations_since_best(rewards: list[float]) -> int:
+    """How many evaluations (in step order) came after the first one that reached the best reward: 0 when the
+    latest improved on all before it. A stalled session shows as a growing count (an alarm can watch it)."""
+    if not rewards:
+        return 0
+    best = max(rewards)
+    return len(rewards) - 1 - rewards.index(best)
+
+
 class BudgetAndStop(BaseCallback):
     """Stops learning exactly at the session budget, or as soon as a stop is requested (SIGTERM, Ctrl-C)."""
 
@@ -190,13 +199,15 @@ class Evaluator(EveryStepsCallback):
                  "mean_reward": mean, "std_reward": std, "wall_seconds": round(taken_at - self._clock, 3)}
         self.history[:] = [h for h in self.history if h["timesteps"] != steps] + [entry]
         best = max(h["mean_reward"] for h in self.history)
+        stalled = evaluations_since_best([h["mean_reward"] for h in sorted(self.history,
+                                                                           key=lambda h: h["timesteps"])])
         if getattr(self.model, "_logger", None) is not None:  # absent when no learn() ran in this process
             self.logger.record("eval/mean_reward", mean)
             self.logger.record("eval/std_reward", std)
             self.logger.dump(steps)
         print(metric_line(self.session, timesteps=steps, global_timesteps=self.global_offset + steps,
                           eval_mean_reward=mean, eval_std_reward=std, best_eval_reward=float(best),
-                          fps=round(self.fps(), 1)), flush=True)
+                          fps=round(self.fps(), 1), evals_since_best=stalled), flush=True)
         self.on_eval()
         return entry
 

@@ -62,6 +62,7 @@ class Context:
     default_pipeline_key: str | None = None
     region: str | None = None
     stepfunctions: Any = None
+    dashboard_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Context:
@@ -69,7 +70,8 @@ class Context:
         env = LambdaSettings.from_env()
         return cls(settings=env.stack, timing=env.timing, s3=client("s3"), sagemaker=client("sagemaker"),
                    sns=client("sns") if env.topic_arn else None, topic_arn=env.topic_arn,
-                   default_pipeline_key=env.default_pipeline_key, region=env.region)
+                   default_pipeline_key=env.default_pipeline_key, region=env.region,
+                   dashboard_url=env.dashboard_url)
 
     def sfn(self) -> Any:
         """The Step Functions client (created on first use: only StartRun needs it)."""

@@ -40,7 +40,8 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
 
 
 def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[str, str]:
-    """Links for the message: the report in the S3 console and the execution in the Step Functions console."""
+    """Links for the message: the report in the S3 console, the execution in the Step Functions console and the
+    stack's dashboard."""
     region = ctx.region or "us-east-1"
     key = RunKeys(run_id).report("html")
     links = {"report": ctx.store.uri(key),
@@ -48,6 +49,8 @@ def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[
                                f"?region={region}&prefix={key}"}
     if execution_arn:
         links["execution"] = execution_console_url(region, execution_arn)
+    if ctx.dashboard_url:
+        links["dashboard"] = ctx.dashboard_url
     return links
 
 
@@ -77,4 +80,6 @@ def summary_message(report: Mapping[str, Any], links: Mapping[str, str]) -> tupl
     lines += ["", f"Report: {links.get('report_console', links.get('report'))}", f"  ({links.get('report')})"]
     if links.get("execution"):
         lines.append(f"Execution: {links['execution']}")
+    if links.get("dashboard"):
+        lines.append(f"Dashboard: {links['dashboard']}")
     return subject, "\n".join(lines)
