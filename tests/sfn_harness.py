@@ -14,6 +14,10 @@ Every patch of moto internals lives in this module, and moto is pinned (==5.2.5)
   hundreds of them). Behaviour is unchanged.
 * The aws-sdk task's error naming: ``SageMaker.<ErrorCode>Exception`` as Step Functions documents it (moto
   lower-cases the service and names unmodelled errors after the client class).
+
+IAM is enforced on every call a handler or the state machine makes (:mod:`tests.aws_iam`): a call its role in
+the template does not allow fails as on AWS, and the harness fails listing each denial when it stops. Every
+call is also kept (``Harness.iam.calls``) for the strict request checks of :mod:`tests.strict_requests`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (  # noqa: E402
     state_task_service_sns as sns_task,
 )
+
+from tests.aws_iam import STATE_MACHINE, Grants, IamEnforcer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"
@@ -400,6 +406,9 @@ class Harness:
         self._env: dict[str, dict[str, str]] = {}
         # CreateTrainingJob's request as sent (moto's backend receives it split into snake_case arguments).
         self._current_request: dict[str, Any] = {}
+        self.iam: IamEnforcer | None = None
+        # Tests that prove the IAM check fails change the template's grants through this.
+        self.edit_grants: Any = None
 
     # -- setup ------------------------------------------------------------------------------------------------
     @contextmanager
@@ -409,8 +418,13 @@ class Harness:
 
             steps.reset_clients()
             self._deploy()
+            grants = Grants.from_template(self.template, self.refs, self.ids["functions"], self.ids["state_machine"],
+                                          REGION, ACCOUNT)
+            self.iam = IamEnforcer(self.edit_grants(grants) if self.edit_grants else grants)
             try:
-                yield self
+                with self.iam.active():
+                    yield self
+                self.iam.check()
             finally:
                 steps.reset_clients()
 
@@ -453,6 +467,9 @@ class Harness:
         self.state_machine_arn = sfn.create_state_machine(
             name="rlpipe-runs", definition=self.definition,
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/rlpipe-sfn")["stateMachineArn"]
+        refs[self.ids["state_machine"]] = self.state_machine_arn
+        refs[f"{self.ids['state_machine']}.Name"] = "rlpipe-runs"
+        self.refs = refs
 
     @contextmanager
     def _patched(self) -> Iterator[None]:
@@ -472,6 +489,8 @@ class Harness:
             with client_lock:
                 if (region, service) not in clients:
                     clients[(region, service)] = saved["client_for"](region, service, state_credentials)
+                    if harness.iam:  # these clients serve the state machine's tasks only
+                        harness.iam.bind_client(clients[(region, service)], STATE_MACHINE)
                 return clients[(region, service)]
 
         def invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
@@ -554,7 +573,8 @@ class Harness:
             saved = {k: os.environ.get(k) for k in self._env[name]}
             os.environ.update(self._env[name])
             try:
-                result: Any = self._handlers[name](event, _Context(name))
+                with self._acting_as(name):
+                    result: Any = self._handlers[name](event, _Context(name))
             except Exception as exc:  # the Lambda runtime's unhandled-error payload
                 response_headers["x-amz-function-error"] = "Unhandled"
                 result = {"errorMessage": str(exc), "errorType": type(exc).__name__,
@@ -568,6 +588,11 @@ class Harness:
         out = json.dumps(result, default=str).encode()
         self.lambda_calls.append((name, len(raw.encode()), len(out)))
         return out
+
+    def _acting_as(self, function: str) -> Any:
+        from contextlib import nullcontext
+
+        return self.iam.acting_as(f"function:{function}") if self.iam else nullcontext()
 
     def call_lambda(self, name: str, event: Any) -> Any:
         """Invoke function ``name`` as EventBridge or the CLI would (outside the state machine)."""

@@ -1,0 +1,246 @@
+"""IAM enforced on the local executions (tests/aws_iam.py): what the steps call is allowed, what is granted is
+called, and a missing grant fails naming the action and the resource.
+
+Every scenario here runs in instant mode (no training): seconds each.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk import Duration
+from aws_cdk.assertions import Template
+
+from rlpipe.cloud.store import RunKeys
+from stacks.orchestration.state_machine import RetryPacing
+from tests.aws_iam import STATE_MACHINE, Grants, never_called
+from tests.conftest import TINY
+from tests.orchestration_app import FAST_TIMING, build_stack, logical_ids
+from tests.sfn_harness import Execution, Harness
+
+pytestmark = pytest.mark.timeout(300)
+
+THREE = copy.deepcopy(TINY)
+THREE["name"] = "three"
+THREE["sessions"].append({"name": "hold-more", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
+                          "use_previous_checkpoint": True})
+
+# Granted and never called by any scenario, each with why it stays (the stack says the same where it grants).
+# The Lambda runtime and Step Functions themselves use these; no step code calls them.
+PLATFORM = {
+    "logs:CreateLogStream": "the Lambda runtime writes the function's logs",
+    "logs:PutLogEvents": "the Lambda runtime writes the function's logs",
+    "xray:PutTraceSegments": "active tracing: the Lambda runtime / Step Functions send traces",
+    "xray:PutTelemetryRecords": "active tracing: the Lambda runtime / Step Functions send traces",
+}
+STATE_MACHINE_PLATFORM = {
+    **{a: "Step Functions delivers the execution logs (LogOptions, level ALL)" for a in (
+        "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+        "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups")},
+    "xray:PutTraceSegments": "Step Functions sends traces (tracing_enabled)",
+    "xray:PutTelemetryRecords": "Step Functions sends traces (tracing_enabled)",
+    "xray:GetSamplingRules": "Step Functions samples traces (tracing_enabled)",
+    "xray:GetSamplingTargets": "Step Functions samples traces (tracing_enabled)",
+}
+
+
+@pytest.fixture(scope="module")
+def synthesized() -> tuple[dict[str, Any], dict[str, Any]]:
+    _, stack, orchestration = build_stack(
+        timing=FAST_TIMING, bundle=False,
+        pacing=RetryPacing(create_interval=Duration.seconds(1), describe_interval=Duration.seconds(1)))
+    return Template.from_stack(stack).to_json(), logical_ids(stack, orchestration)
+
+
+def run_id_of(ex: Execution) -> str:
+    started = next(e for e in ex.events if e.get("stateExitedEventDetails", {}).get("name") == "StartRun")
+    return json.loads(started["stateExitedEventDetails"]["output"])["run"]["run_id"]
+
+
+def abandon(h: Harness, run_id: str, execution: str) -> str:
+    """Make ``run_id`` look as an execution leaves it when it dies mid-session without its cleanup: the state
+    says running, the last session's job still runs. Returns that job's name."""
+    keys = RunKeys(run_id)
+    state = h.get_json(keys.state)
+    state["status"] = "running"
+    last = state["sessions"][-1]
+    last["status"], last["ended_at"] = "running", None
+    h.put(keys.state, json.dumps(state))
+    job = h.sagemaker.jobs[last["job_name"]]
+    job.status, job.started, job.described, job.pool = "InProgress", None, 0, None
+    record_key = f"executions/{execution}.json"
+    record = h.get_json(record_key)
+    record.pop("notified", None)
+    record.pop("cleaned_up", None)
+    h.put(record_key, json.dumps(record))
+    return job.name
+
+
+class DescribeFailsOnce:
+    """A DescribeTrainingJob that fails once with a non-retryable error while the job still runs."""
+
+    def __init__(self, h: Harness) -> None:
+        self.describe, self.failed = h.sagemaker.describe, False
+
+    def __call__(self, name: str) -> dict[str, Any]:
+        from moto.sagemaker.exceptions import ValidationError
+
+        if not self.failed:
+            self.failed = True
+            raise ValidationError("injected: the describe failed")
+        return self.describe(name)
+
+
+@pytest.fixture(scope="module")
+def scenarios(synthesized, tmp_path_factory) -> dict[str, Any]:
+    """Every path of the state machine and the cleanup Lambda, under IAM; what each principal used."""
+    template, ids = synthesized
+    used: dict[str, set[str]] = {}
+    outcomes: dict[str, str] = {}
+
+    def collect(h: Harness) -> None:
+        assert h.iam is not None
+        for principal, actions in h.iam.used().items():
+            used.setdefault(principal, set()).update(actions)
+
+    h = Harness(template, ids, tmp_path_factory.mktemp("iam"), mode="instant")
+    with h.running():
+        ok = h.execute({"pipeline": THREE}, "three")  # pools kept and reused, released at the end
+        outcomes["three sessions"] = ok.status
+        h.sagemaker.reuse_pools = False
+        outcomes["pool not taken"] = h.execute({"pipeline": TINY}, "unused-pool").status
+        h.sagemaker.reuse_pools = True
+        h.sagemaker.fail = {"hold": 1}
+        failed = h.execute({"pipeline": THREE}, "fails-at-hold")
+        outcomes["failure in session 2"] = failed.status
+        outcomes["resume"] = h.execute({"resume_run_id": run_id_of(failed)}, "resume").status
+        outcomes["bad input"] = h.execute({"pipelin": TINY}, "bad-input").status
+        h.sagemaker.describe = DescribeFailsOnce(h)  # type: ignore[method-assign]
+        outcomes["job stopped by the failure path"] = h.execute({"pipeline": TINY}, "describe-fails").status
+        stopped = [j for j in h.sagemaker.jobs.values() if j.status == "Stopped"]
+        outcomes["stopped jobs"] = str(len(stopped))
+        # The execution died mid-session without its cleanup: EventBridge runs the cleanup Lambda.
+        abandon(h, run_id_of(ok), "three")
+        out = h.call_lambda("cleanup", {"detail": {"name": "three", "status": "ABORTED",
+                                                   "executionArn": ok.description["executionArn"]}})
+        outcomes["cleanup after abort"] = out.get("action", "")
+        outcomes["stopped jobs after cleanup"] = str(len([j for j in h.sagemaker.jobs.values()
+                                                          if j.status == "Stopped"]))
+        collect(h)
+    return {"used": used, "outcomes": outcomes, "granted": h.iam.grants.granted() if h.iam else {}}
+
+
+def test_every_path_runs_with_only_what_its_roles_grant(scenarios) -> None:
+    # Leaving h.running() raised nothing: no call was denied. The paths really ran:
+    assert scenarios["outcomes"] == {
+        "three sessions": "SUCCEEDED", "pool not taken": "SUCCEEDED", "failure in session 2": "FAILED",
+        "resume": "SUCCEEDED", "bad input": "FAILED", "job stopped by the failure path": "FAILED",
+        "stopped jobs": "1", "cleanup after abort": scenarios["outcomes"]["cleanup after abort"],
+        "stopped jobs after cleanup": "2"}
+    used = scenarios["used"]
+    assert {"sagemaker:CreateTrainingJob", "sagemaker:AddTags", "iam:PassRole", "sagemaker:DescribeTrainingJob",
+            "lambda:InvokeFunction", "sns:Publish", "kms:GenerateDataKey", "kms:Decrypt"} <= used[STATE_MACHINE]
+    assert "sagemaker:StopTrainingJob" in used["function:fail_run"]
+    assert "sagemaker:StopTrainingJob" in used["function:cleanup"]
+
+
+def test_granted_actions_never_called_are_only_the_platforms(scenarios, capsys) -> None:
+    idle = never_called(scenarios["granted"], scenarios["used"])
+    with capsys.disabled():
+        print("\nGranted and never called by the steps or the state machine:")
+        for principal, actions in sorted(idle.items()):
+            print(f"  {principal}: {', '.join(actions)}")
+    expected = {p: sorted(PLATFORM) for p in scenarios["granted"] if p != STATE_MACHINE}
+    expected[STATE_MACHINE] = sorted(STATE_MACHINE_PLATFORM)
+    unexplained = {p: [a for a in acts if a not in (STATE_MACHINE_PLATFORM if p == STATE_MACHINE else PLATFORM)]
+                   for p, acts in idle.items()}
+    assert {p: a for p, a in unexplained.items() if a} == {}, "granted, never called, and no reason given"
+    assert idle == expected
+
+
+# ---- the checker fails ----------------------------------------------------------------------------------------
+
+REMOVED_GRANTS = [
+    # A state-machine SDK task: CreateTrainingJob passes the SageMaker role.
+    (STATE_MACHINE, "iam:PassRole", "iam:PassRole on arn:aws:iam::123456789012:role/rlpipe-training"),
+    # A Lambda step: PrepareSession writes session.json under the run.
+    ("function:prepare_session", "s3:PutObject", "s3:PutObject on arn:aws:s3:::rlpipe-test-bucket/runs/"),
+]
+
+
+@pytest.mark.parametrize(("principal", "action", "named"), REMOVED_GRANTS)
+def test_a_removed_grant_fails_naming_action_and_resource(synthesized, tmp_path: Path, principal: str,
+                                                          action: str, named: str) -> None:
+    template, ids = synthesized
+    h = Harness(template, ids, tmp_path, mode="instant")
+    h.edit_grants = lambda grants: grants.without(principal, action)
+    with pytest.raises(AssertionError) as caught:
+        with h.running():
+            ex = h.execute({"pipeline": TINY}, "missing-grant")
+            assert ex.status == "FAILED"  # as on AWS: AccessDenied fails the step and the run
+            assert "not authorized to perform: " + action in json.dumps(ex.failure()) + json.dumps(ex.events)
+    message = str(caught.value)
+    assert message.startswith("IAM denied") and principal in message and named in message, message
+
+
+def test_a_condition_is_enforced_not_only_the_action(synthesized, tmp_path: Path) -> None:
+    """PassRole to another service than SageMaker is not what the state machine was granted."""
+    template, ids = synthesized
+
+    def elsewhere(grants: Grants) -> Grants:
+        docs = json.loads(json.dumps(grants.policies[STATE_MACHINE]))
+        for doc in docs:
+            for st in doc["Statement"]:
+                if "Condition" in st and "iam:PassedToService" in json.dumps(st["Condition"]):
+                    st["Condition"] = {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+        return Grants({**grants.policies, STATE_MACHINE: docs}, grants.role_arns, grants.key_policies,
+                      grants.account)
+
+    h = Harness(template, ids, tmp_path, mode="instant")
+    h.edit_grants = elsewhere
+    with pytest.raises(AssertionError, match="iam:PassRole on arn:aws:iam::123456789012:role/rlpipe-training "
+                                             r"with \{'iam:PassedToService': 'sagemaker.amazonaws.com'\}"):
+        with h.running():
+            h.execute({"pipeline": TINY}, "wrong-condition")
+
+
+def test_taking_over_a_dead_run_is_checked_against_start_runs_role(synthesized, tmp_path: Path) -> None:
+    """StartRun takes over a run whose execution died: it stops the job and releases the pools.
+
+    Which outcome is right depends only on what the template grants StartRun's role: with the SageMaker
+    grants the take-over must succeed under IAM; without them (the stack before the take-over fix) AWS, and
+    so the harness, refuses the first SageMaker call.
+    """
+    template, ids = synthesized
+    h = Harness(template, ids, tmp_path, mode="instant")
+    granted = {a.lower() for a in _granted(h, "function:start_run")}
+    needed = {"sagemaker:describetrainingjob", "sagemaker:stoptrainingjob"}
+
+    def take_over() -> Execution:
+        with h.running():
+            ok = h.execute({"pipeline": TINY}, "dies")
+            assert ok.status == "SUCCEEDED", ok.failure()
+            abandon(h, run_id_of(ok), "dies")
+            return h.execute({"resume_run_id": run_id_of(ok)}, "takes-over")
+
+    if needed <= granted:
+        ex = take_over()
+        assert ex.status == "SUCCEEDED", ex.failure()
+        assert any(j.status == "Stopped" for j in h.sagemaker.jobs.values())
+    else:
+        with pytest.raises(AssertionError, match=r"function:start_run \(.*\) may not "
+                                                 r"sagemaker:DescribeTrainingJob on arn:aws:sagemaker:"):
+            take_over()
+
+
+def _granted(h: Harness, principal: str) -> set[str]:
+    template, ids = h.template, h.ids
+    refs = {f"{logical}.Arn": f"arn:aws:iam::123456789012:role/{logical}" for logical in template["Resources"]}
+    grants = Grants.from_template(template, refs, ids["functions"], ids["state_machine"], "us-east-1",
+                                  "123456789012")
+    return grants.granted()[principal]
