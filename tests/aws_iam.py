@@ -362,7 +362,9 @@ class IamEnforcer:
 
     # -- who is calling --------------------------------------------------------------------------------------------
     @contextmanager
-    def acting_as(self, principal: str) -> Iterator[None]:
+    def acting_as(self, principal: str | None) -> Iterator[None]:
+        """Calls on this thread are ``principal``'s until the block ends; ``None``: a service's own (the
+        SageMaker stand-in reading and writing S3 as the training role would), not checked."""
         stack = self._stack()
         stack.append(principal)
         try:
@@ -370,7 +372,7 @@ class IamEnforcer:
         finally:
             stack.pop()
 
-    def _stack(self) -> list[str]:
+    def _stack(self) -> list[str | None]:
         if not hasattr(self._local, "stack"):
             self._local.stack = []
         return self._local.stack
@@ -417,10 +419,11 @@ class IamEnforcer:
             with self._lock:
                 self.denials += denied
             first = denied[0]
-            code = "AccessDenied" if service == "s3" else "AccessDeniedException"
+            code, status = ("AccessDenied", 403) if service == "s3" else ("AccessDeniedException", 400)
             raise ClientError({"Error": {"Code": code, "Message": (
                 f"User: {role_arn} is not authorized to perform: {first.need.action} on resource: "
-                f"{first.need.resource} ({first.reason})")}}, model.name)
+                f"{first.need.resource} ({first.reason})")},
+                "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": "iam-denied"}}, model.name)
 
     def _decide(self, principal: str, role_arn: str, need: Need) -> str:
         request: dict[str, Any] = {

@@ -499,7 +499,8 @@ class Harness:
 
         def create_training_job(self: Any, **kwargs: Any) -> Any:
             request = harness._current_request
-            harness.sagemaker.create(request)
+            with harness._acting_as(None):
+                harness.sagemaker.create(request)
             return saved["create"](self, **kwargs)
 
         def describe_training_job(self: Any, training_job_name: str) -> dict[str, Any]:
@@ -509,7 +510,8 @@ class Harness:
             for key in ("FailureReason", "WarmPoolStatus", "ModelArtifacts", "TrainingEndTime",
                         "TrainingTimeInSeconds", "BillableTimeInSeconds"):
                 response.pop(key, None)
-            response.update(harness.sagemaker.describe(training_job_name))
+            with harness._acting_as(None):  # the job runs as SageMaker, not as the caller
+                response.update(harness.sagemaker.describe(training_job_name))
             request = harness.sagemaker.jobs[training_job_name].request
             response["AlgorithmSpecification"] = request["AlgorithmSpecification"]
             return response
@@ -589,10 +591,13 @@ class Harness:
         self.lambda_calls.append((name, len(raw.encode()), len(out)))
         return out
 
-    def _acting_as(self, function: str) -> Any:
+    def _acting_as(self, function: str | None) -> Any:
+        """Calls are the function's (its role), or with ``None`` SageMaker's own (not checked)."""
         from contextlib import nullcontext
 
-        return self.iam.acting_as(f"function:{function}") if self.iam else nullcontext()
+        if self.iam is None:
+            return nullcontext()
+        return self.iam.acting_as(f"function:{function}" if function else None)
 
     def call_lambda(self, name: str, event: Any) -> Any:
         """Invoke function ``name`` as EventBridge or the CLI would (outside the state machine)."""

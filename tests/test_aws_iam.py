@@ -29,9 +29,11 @@ THREE["name"] = "three"
 THREE["sessions"].append({"name": "hold-more", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
                           "use_previous_checkpoint": True})
 
-# Granted and never called by any scenario, each with why it stays (the stack says the same where it grants).
-# The Lambda runtime and Step Functions themselves use these; no step code calls them.
+# Granted and never called by any scenario, each with why it stays (the stack says the same where it grants):
+# S3 checks ListBucket itself on a missing key; the Lambda runtime and Step Functions use the rest.
 PLATFORM = {
+    "s3:ListBucket": "S3 answers a read of a missing key with 404 only to a caller allowed to list the bucket "
+                     "(403 otherwise); the steps read absent keys as absent",
     "logs:CreateLogStream": "the Lambda runtime writes the function's logs",
     "logs:PutLogEvents": "the Lambda runtime writes the function's logs",
     "xray:PutTraceSegments": "active tracing: the Lambda runtime / Step Functions send traces",
@@ -64,7 +66,7 @@ def run_id_of(ex: Execution) -> str:
 
 def abandon(h: Harness, run_id: str, execution: str) -> str:
     """Make ``run_id`` look as an execution leaves it when it dies mid-session without its cleanup: the state
-    says running, the last session's job still runs. Returns that job's name."""
+    says running, the last session's job still runs, the pool before it waits. Returns that job's name."""
     keys = RunKeys(run_id)
     state = h.get_json(keys.state)
     state["status"] = "running"
@@ -73,6 +75,8 @@ def abandon(h: Harness, run_id: str, execution: str) -> str:
     h.put(keys.state, json.dumps(state))
     job = h.sagemaker.jobs[last["job_name"]]
     job.status, job.started, job.described, job.pool = "InProgress", None, 0, None
+    previous = h.sagemaker.jobs[state["sessions"][-2]["job_name"]]
+    previous.pool, previous.reused_by = "Available", None  # its pool not yet taken by the running job
     record_key = f"executions/{execution}.json"
     record = h.get_json(record_key)
     record.pop("notified", None)
@@ -81,18 +85,24 @@ def abandon(h: Harness, run_id: str, execution: str) -> str:
     return job.name
 
 
-class DescribeFailsOnce:
-    """A DescribeTrainingJob that fails once with a non-retryable error while the job still runs."""
+class HeldJobs:
+    """Jobs that keep running until stopped (the stand-in runs a job at its first describe otherwise): those
+    created from now on, and any named later. The first describe of a held job can fail (non-retryable)."""
 
-    def __init__(self, h: Harness) -> None:
-        self.describe, self.failed = h.sagemaker.describe, False
+    def __init__(self, h: Harness, fail_first: bool = False) -> None:
+        self.h, self.describe, self.fail = h, h.sagemaker.describe, fail_first
+        self.before, self.names = set(h.sagemaker.jobs), set[str]()
 
     def __call__(self, name: str) -> dict[str, Any]:
         from moto.sagemaker.exceptions import ValidationError
 
-        if not self.failed:
-            self.failed = True
-            raise ValidationError("injected: the describe failed")
+        job = self.h.sagemaker.jobs[name]
+        if (name in self.names or name not in self.before) and job.status == "InProgress":
+            if self.fail:
+                self.fail = False
+                raise ValidationError("injected: the describe failed")
+            job.described += 1
+            return self.h.sagemaker._view(job, status="InProgress")
         return self.describe(name)
 
 
@@ -120,26 +130,55 @@ def scenarios(synthesized, tmp_path_factory) -> dict[str, Any]:
         outcomes["failure in session 2"] = failed.status
         outcomes["resume"] = h.execute({"resume_run_id": run_id_of(failed)}, "resume").status
         outcomes["bad input"] = h.execute({"pipelin": TINY}, "bad-input").status
-        h.sagemaker.describe = DescribeFailsOnce(h)  # type: ignore[method-assign]
+        h.sagemaker.pool_quota = False  # no warm pool kept: CheckPool records that
+        outcomes["no pool quota"] = h.execute({"pipeline": TINY}, "no-quota").status
+        # Session 1's pool is not taken and reads InUse until session 2 is recorded (8 describes: 1 by the
+        # loop, 1 by RecordSession, 5 by CheckPool, 1 by session 2's RecordSession): FinishRun releases it.
+        h.sagemaker.pool_quota, h.sagemaker.reuse_pools = True, False
+        h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = 0, 8
+        outcomes["pool left at the end"] = h.execute({"pipeline": TINY}, "pool-left").status
+        h.sagemaker.pool_settle_describes = 6  # Available when session 2 is recorded: RecordSession frees it
+        outcomes["pool freed by RecordSession"] = h.execute({"pipeline": TINY}, "pool-freed").status
+        h.sagemaker.reuse_pools, h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = True, 1, 2
+        held = HeldJobs(h, fail_first=True)
+        h.sagemaker.describe = held  # type: ignore[method-assign]
         outcomes["job stopped by the failure path"] = h.execute({"pipeline": TINY}, "describe-fails").status
         stopped = [j for j in h.sagemaker.jobs.values() if j.status == "Stopped"]
         outcomes["stopped jobs"] = str(len(stopped))
         # The execution died mid-session without its cleanup: EventBridge runs the cleanup Lambda.
-        abandon(h, run_id_of(ok), "three")
+        held.names.add(abandon(h, run_id_of(ok), "three"))
         out = h.call_lambda("cleanup", {"detail": {"name": "three", "status": "ABORTED",
                                                    "executionArn": ok.description["executionArn"]}})
         outcomes["cleanup after abort"] = out.get("action", "")
         outcomes["stopped jobs after cleanup"] = str(len([j for j in h.sagemaker.jobs.values()
                                                           if j.status == "Stopped"]))
         collect(h)
-    return {"used": used, "outcomes": outcomes, "granted": h.iam.grants.granted() if h.iam else {}}
+    granted = h.iam.grants.granted() if h.iam else {}
+
+    # StartRun takes over a run whose execution died: it stops the job and releases the pools.
+    h = Harness(template, ids, tmp_path_factory.mktemp("takeover"), mode="instant")
+    takeover: dict[str, Any] = {}
+    try:
+        with h.running():
+            ok = h.execute({"pipeline": TINY}, "dies")
+            outcomes["run that dies"] = ok.status
+            abandon(h, run_id_of(ok), "dies")
+            ex = h.execute({"resume_run_id": run_id_of(ok)}, "takes-over")
+            takeover["status"] = ex.status
+            takeover["stopped"] = sum(j.status == "Stopped" for j in h.sagemaker.jobs.values())
+    except AssertionError as err:
+        takeover["denied"] = str(err)
+    collect(h)
+    return {"used": used, "outcomes": outcomes, "granted": granted, "takeover": takeover}
 
 
 def test_every_path_runs_with_only_what_its_roles_grant(scenarios) -> None:
     # Leaving h.running() raised nothing: no call was denied. The paths really ran:
     assert scenarios["outcomes"] == {
         "three sessions": "SUCCEEDED", "pool not taken": "SUCCEEDED", "failure in session 2": "FAILED",
-        "resume": "SUCCEEDED", "bad input": "FAILED", "job stopped by the failure path": "FAILED",
+        "resume": "SUCCEEDED", "bad input": "FAILED", "no pool quota": "SUCCEEDED",
+        "pool left at the end": "SUCCEEDED", "pool freed by RecordSession": "SUCCEEDED",
+        "job stopped by the failure path": "FAILED", "run that dies": "SUCCEEDED",
         "stopped jobs": "1", "cleanup after abort": scenarios["outcomes"]["cleanup after abort"],
         "stopped jobs after cleanup": "2"}
     used = scenarios["used"]
@@ -183,7 +222,7 @@ def test_a_removed_grant_fails_naming_action_and_resource(synthesized, tmp_path:
         with h.running():
             ex = h.execute({"pipeline": TINY}, "missing-grant")
             assert ex.status == "FAILED"  # as on AWS: AccessDenied fails the step and the run
-            assert "not authorized to perform: " + action in json.dumps(ex.failure()) + json.dumps(ex.events)
+            assert "not authorized to perform: " + action in json.dumps(ex.events, default=str)
     message = str(caught.value)
     assert message.startswith("IAM denied") and principal in message and named in message, message
 
@@ -209,38 +248,16 @@ def test_a_condition_is_enforced_not_only_the_action(synthesized, tmp_path: Path
             h.execute({"pipeline": TINY}, "wrong-condition")
 
 
-def test_taking_over_a_dead_run_is_checked_against_start_runs_role(synthesized, tmp_path: Path) -> None:
-    """StartRun takes over a run whose execution died: it stops the job and releases the pools.
-
-    Which outcome is right depends only on what the template grants StartRun's role: with the SageMaker
-    grants the take-over must succeed under IAM; without them (the stack before the take-over fix) AWS, and
-    so the harness, refuses the first SageMaker call.
-    """
-    template, ids = synthesized
-    h = Harness(template, ids, tmp_path, mode="instant")
-    granted = {a.lower() for a in _granted(h, "function:start_run")}
-    needed = {"sagemaker:describetrainingjob", "sagemaker:stoptrainingjob"}
-
-    def take_over() -> Execution:
-        with h.running():
-            ok = h.execute({"pipeline": TINY}, "dies")
-            assert ok.status == "SUCCEEDED", ok.failure()
-            abandon(h, run_id_of(ok), "dies")
-            return h.execute({"resume_run_id": run_id_of(ok)}, "takes-over")
-
-    if needed <= granted:
-        ex = take_over()
-        assert ex.status == "SUCCEEDED", ex.failure()
-        assert any(j.status == "Stopped" for j in h.sagemaker.jobs.values())
+def test_taking_over_a_dead_run_is_checked_against_start_runs_role(scenarios) -> None:
+    """Which outcome is right depends only on what the template grants StartRun's role: with the SageMaker
+    grants the take-over must succeed under IAM and stop the dead run's job; without them (the stack before
+    the take-over fix) AWS, and so the harness, refuses its first SageMaker call."""
+    granted = {a.lower() for a in scenarios["granted"]["function:start_run"]}
+    takeover = scenarios["takeover"]
+    assert "states:DescribeExecution" in scenarios["used"]["function:start_run"]  # asked whether it still runs
+    if {"sagemaker:describetrainingjob", "sagemaker:stoptrainingjob"} <= granted:
+        assert takeover == {"status": "SUCCEEDED", "stopped": 1}
     else:
-        with pytest.raises(AssertionError, match=r"function:start_run \(.*\) may not "
-                                                 r"sagemaker:DescribeTrainingJob on arn:aws:sagemaker:"):
-            take_over()
-
-
-def _granted(h: Harness, principal: str) -> set[str]:
-    template, ids = h.template, h.ids
-    refs = {f"{logical}.Arn": f"arn:aws:iam::123456789012:role/{logical}" for logical in template["Resources"]}
-    grants = Grants.from_template(template, refs, ids["functions"], ids["state_machine"], "us-east-1",
-                                  "123456789012")
-    return grants.granted()[principal]
+        assert "function:start_run" in takeover["denied"] and \
+            "may not sagemaker:DescribeTrainingJob on arn:aws:sagemaker:us-east-1:123456789012:training-job/rlpipe-" \
+            in takeover["denied"], takeover
