@@ -1,0 +1,157 @@
+"""The synthesized state machine on two independent ASL interpreters: moto's (derived from LocalStack's) and
+aws-local-stepfunctions (npm, tests/asl_local/). Both run the same definition with the same Python steps
+against the same moto account; each scenario must take the same path (states entered, in order) and end with
+the same output or the same error and cause, up to identifiers and clock readings (:func:`normalized`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk import Duration
+from aws_cdk.assertions import Template
+from moto import mock_aws
+
+from stacks.orchestration.state_machine import RetryPacing
+from tests.asl_local.bridge import LocalExecution, LocalInterpreter, local_definition, run_local
+from tests.conftest import TINY
+from tests.orchestration_app import FAST_TIMING, build_stack, logical_ids
+from tests.sfn_harness import MOCK_CONFIG, REGION, Execution, Harness
+from tests.sfn_scenarios import run_id_of
+
+pytestmark = pytest.mark.timeout(300)
+
+THREE = copy.deepcopy(TINY)
+THREE["name"] = "three"
+THREE["sessions"].append({"name": "hold-more", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
+                          "use_previous_checkpoint": True})
+BAD_INPUTS = {
+    "unknown field": {"pipelin": TINY},
+    "not an object": [1, 2],
+    "session without timesteps": {"pipeline": {**TINY, "sessions": [{"name": "x", "env": "rlpipe/HeightMaximize-v0"}]}},
+}
+
+
+@pytest.fixture(scope="module")
+def synthesized() -> tuple[dict[str, Any], dict[str, Any]]:
+    _, stack, orchestration = build_stack(
+        timing=FAST_TIMING, bundle=False,
+        pacing=RetryPacing(create_interval=Duration.seconds(1), describe_interval=Duration.seconds(1)))
+    return Template.from_stack(stack).to_json(), logical_ids(stack, orchestration)
+
+
+def normalized(value: Any, executions: tuple[str, ...]) -> Any:
+    """``value`` with what differs between two executions of the same input replaced: execution names, run
+    ids and the job names built from them, timestamps, measured durations, request ids."""
+    text = json.dumps(value, sort_keys=True)
+    for name in executions:
+        text = re.sub(rf"\b{re.escape(name)}\b", "<execution>", text)
+    text = re.sub(r"\b[a-z0-9][a-z0-9-]*-\d{8}-\d{6}-[0-9a-f]{6}\b", "<run-id>", text)
+    text = re.sub(r"\brlpipe-[0-9a-f]{8}-", "rlpipe-<run>-", text)
+    text = re.sub(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?", "<time>", text)
+    text = re.sub(r"\b\d+\.\d+ s\b", "<n> s", text)
+    text = re.sub(r"Request ID: [^,)\\]+", "Request ID: <id>", text)
+    return json.loads(text)
+
+
+def outcome(ex: Execution | LocalExecution, names: tuple[str, ...]) -> dict[str, Any]:
+    if isinstance(ex, Execution):
+        failure = ex.failure()
+        return normalized({"status": ex.status, "output": ex.output, "error": failure.get("error"),
+                           "cause": failure.get("cause")}, names)
+    return normalized({"status": ex.status, "output": ex.output, "error": ex.error, "cause": ex.cause}, names)
+
+
+def both(h: Harness, local: LocalInterpreter, execution_input: Any, name: str,
+         before: Any = None) -> tuple[Execution, LocalExecution]:
+    """The same input on moto then on aws-local-stepfunctions (``before()`` sets up each run alike)."""
+    if before:
+        before()
+    on_moto = h.execute(execution_input, f"{name}-moto")
+    if before:
+        before()
+    on_local = local.execute(execution_input, f"{name}-local")
+    return on_moto, on_local
+
+
+def assert_same(on_moto: Execution, on_local: LocalExecution, name: str) -> None:
+    assert on_local.path == on_moto.states_entered(), f"{name}: the interpreters took different paths"
+    names = (f"{name}-moto", f"{name}-local")
+    assert outcome(on_local, names) == outcome(on_moto, names)
+
+
+def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_path: Path) -> None:
+    template, ids = synthesized
+    h = Harness(template, ids, tmp_path, mode="instant")
+    with h.running():
+        local = LocalInterpreter(h)
+        assert local.rewritten == ["StartRun"]  # ResultPath "$" (see test_result_path_dollar_...)
+
+        ok = both(h, local, {"pipeline": THREE}, "three")
+        assert ok[0].status == "SUCCEEDED" and ok[0].states_entered().count("RecordSession") == 3
+        assert_same(*ok, "three")
+
+        def hold_fails_once() -> None:
+            h.sagemaker.fail = {"hold": 1}
+        failed = both(h, local, {"pipeline": THREE}, "fails", before=hold_fails_once)
+        assert failed[0].status == "FAILED" and failed[0].failure()["error"] == "TrainingJobFailed"
+        assert_same(*failed, "fails")
+
+        # Each interpreter resumes the run it failed.
+        moto_run = run_id_of(failed[0])
+        local_run = _run_id_from_state(h, "fails-local")
+        on_moto = h.execute({"resume_run_id": moto_run}, "resume-moto")
+        on_local = local.execute({"resume_run_id": local_run}, "resume-local")
+        assert on_moto.status == "SUCCEEDED" and "StartRun" in on_moto.states_entered()
+        assert_same(on_moto, on_local, "resume")
+
+        def throttle_once() -> None:
+            h.sagemaker.throttle_creates = 1
+        throttled = both(h, local, {"pipeline": TINY}, "throttled", before=throttle_once)
+        assert throttled[0].status == "SUCCEEDED"
+        assert_same(*throttled, "throttled")
+
+        for i, (what, given) in enumerate(BAD_INPUTS.items()):
+            bad = both(h, local, given, f"bad-{i}")
+            assert bad[0].status == "FAILED" and bad[0].failure()["error"] == "InvalidInput", what
+            assert_same(*bad, f"bad-{i}")
+
+
+def _run_id_from_state(h: Harness, execution: str) -> str:
+    """The run an execution created, from its record in S3 (a failed execution has no output)."""
+    return h.get_json(f"executions/{execution}.json")["run_id"]
+
+
+# ---- where the interpreters differ ----------------------------------------------------------------------------
+
+def test_result_path_dollar_is_mishandled_by_aws_local_stepfunctions_3_0_0() -> None:
+    """The ASL specification: "ResultPath": "$" makes the state's result its whole output. moto follows it;
+    aws-local-stepfunctions 3.0.0 writes the result into a key named "$" and keeps the input. The bridge drops
+    such ResultPath fields (the default is "$"); this shows why, and fails once the package is fixed."""
+    definition = {"StartAt": "Replace", "States": {
+        "Replace": {"Type": "Pass", "Result": {"replaced": True}, "ResultPath": "$", "End": True}}}
+    given = {"kept": True}
+    as_is = run_local(definition, given, {})
+    assert as_is.output == {"kept": True, "$": {"replaced": True}}  # the bug
+    fixed, changed = local_definition(definition)
+    assert changed == ["Replace"] and run_local(fixed, given, {}).output == {"replaced": True}
+    with mock_aws(config=MOCK_CONFIG):
+        import boto3
+
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        arn = sfn.create_state_machine(name="dollar", definition=json.dumps(definition),
+                                       roleArn="arn:aws:iam::123456789012:role/r")["stateMachineArn"]
+        ex = sfn.start_execution(stateMachineArn=arn, input=json.dumps(given))["executionArn"]
+        import time
+
+        for _ in range(200):
+            desc = sfn.describe_execution(executionArn=ex)
+            if desc["status"] != "RUNNING":
+                break
+            time.sleep(0.02)
+        assert json.loads(desc["output"]) == {"replaced": True}  # moto follows the specification
