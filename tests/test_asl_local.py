@@ -13,14 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import Duration
-from aws_cdk.assertions import Template
 from moto import mock_aws
 
-from stacks.orchestration.state_machine import RetryPacing
 from tests.asl_local.bridge import LocalExecution, LocalInterpreter, local_definition, run_local
 from tests.conftest import TINY
-from tests.orchestration_app import FAST_TIMING, build_stack, logical_ids
 from tests.sfn_harness import MOCK_CONFIG, REGION, Execution, Harness
 from tests.sfn_scenarios import run_id_of
 
@@ -38,11 +34,8 @@ BAD_INPUTS = {
 
 
 @pytest.fixture(scope="module")
-def synthesized() -> tuple[dict[str, Any], dict[str, Any]]:
-    _, stack, orchestration = build_stack(
-        timing=FAST_TIMING, bundle=False,
-        pacing=RetryPacing(create_interval=Duration.seconds(1), describe_interval=Duration.seconds(1)))
-    return Template.from_stack(stack).to_json(), logical_ids(stack, orchestration)
+def synthesized(fast_machine) -> tuple[dict[str, Any], dict[str, Any]]:
+    return fast_machine
 
 
 def normalized(value: Any, executions: tuple[str, ...]) -> Any:

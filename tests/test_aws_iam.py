@@ -12,13 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import Duration
-from aws_cdk.assertions import Template
 
-from stacks.orchestration.state_machine import RetryPacing
 from tests.aws_iam import STATE_MACHINE, Grants, never_called
 from tests.conftest import TINY
-from tests.orchestration_app import FAST_TIMING, build_stack, logical_ids
 from tests.sfn_harness import Harness
 from tests.sfn_scenarios import HeldJobs, abandon, run_id_of
 
@@ -52,11 +48,8 @@ STATE_MACHINE_PLATFORM = {
 
 
 @pytest.fixture(scope="module")
-def synthesized() -> tuple[dict[str, Any], dict[str, Any]]:
-    _, stack, orchestration = build_stack(
-        timing=FAST_TIMING, bundle=False,
-        pacing=RetryPacing(create_interval=Duration.seconds(1), describe_interval=Duration.seconds(1)))
-    return Template.from_stack(stack).to_json(), logical_ids(stack, orchestration)
+def synthesized(fast_machine) -> tuple[dict[str, Any], dict[str, Any]]:
+    return fast_machine
 
 
 @pytest.fixture(scope="module")

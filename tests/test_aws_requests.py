@@ -55,8 +55,8 @@ def synthesize(settings: AppSettings | None) -> tuple[dict[str, Any], dict[str, 
 
 
 @pytest.fixture(scope="module")
-def templates() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    return {"default": synthesize(None), "vpc+kms": synthesize(VPC_KMS)}
+def templates(fast_machine) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    return {"default": fast_machine, "vpc+kms": synthesize(VPC_KMS)}
 
 
 @pytest.mark.parametrize("case", list(CASES))
