@@ -4,16 +4,22 @@ Every patch of moto internals lives in this module, and moto is pinned (==5.2.5)
 
 * ``LambdaSimpleBackend.invoke``: call the real handler of ``lambdas/<name>/handler.py`` in-process, with the
   environment the template gives that function, against moto's S3/SNS/SageMaker; raised exceptions become
-  Lambda function errors (``errorType`` = exception class), as in the Lambda runtime.
+  Lambda function errors (``errorType`` = exception class), as in the Lambda runtime. Remains: without
+  Docker, moto's Lambda echoes the payload.
 * ``SageMakerModelBackend.create_training_job`` / ``describe_training_job`` and two response methods moto lacks
   (``update_training_job``, ``stop_training_job``): a job is created InProgress, runs when first described
   (the real trainer in a SageMaker-shaped directory, or an instant stand-in), then reads back Completed or
   Failed, with WarmPoolStatus and pool reuse as SageMaker reports them. A reused name fails with ResourceInUse.
+  Remains: moto's job reads back Completed at once, never InProgress, Failed or with a pool, and its
+  SageMakerResponse has no UpdateTrainingJob or StopTrainingJob.
 * ``boto_client_for`` in the Lambda, SNS and aws-sdk task modules: one client per (region, service) instead
   of a new one per task (creating a SageMaker client costs tens of milliseconds; a 200-session run makes
-  hundreds of them). Behaviour is unchanged.
+  hundreds of them). Behaviour is unchanged. Remains for speed only; the clients it makes act as the state
+  machine's role for the IAM check.
 * The aws-sdk task's error naming: ``SageMaker.<ErrorCode>Exception`` as Step Functions documents it (moto
-  lower-cases the service and names unmodelled errors after the client class).
+  lower-cases the service and names unmodelled errors after the client class). Remains: unpatched, a
+  ThrottlingException (not in botocore's model) reaches the definition as ``sagemaker.sagemakerException``,
+  so Retry/Catch on error codes could not be tested.
 
 IAM is enforced on every call a handler or the state machine makes (:mod:`tests.aws_iam`): a call its role in
 the template does not allow fails as on AWS, and the harness fails listing each denial when it stops. Every
