@@ -81,8 +81,7 @@ def assert_same(on_moto: Execution, on_local: LocalExecution, name: str) -> None
 def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_path: Path) -> None:
     template, ids = synthesized
     h = Harness(template, ids, tmp_path, mode="instant")
-    with h.running():
-        local = LocalInterpreter(h)
+    with h.running(), LocalInterpreter(h).running() as local:
         assert local.rewritten == ["StartRun"]  # ResultPath "$" (see test_result_path_dollar_...)
 
         ok = both(h, local, {"pipeline": THREE}, "three")
@@ -148,3 +147,60 @@ def test_result_path_dollar_is_mishandled_by_aws_local_stepfunctions_3_0_0() -> 
                 break
             time.sleep(0.02)
         assert json.loads(desc["output"]) == {"replaced": True}  # moto follows the specification
+
+
+# ---- .waitForTaskToken: how the bridge takes a job's end by event --------------------------------------------
+
+def token_machine(topic_arn: str) -> dict[str, Any]:
+    """A Task that publishes its own task token and waits for it; a lost token ends in a reconciliation."""
+    return {"StartAt": "WaitForEnd", "States": {
+        "WaitForEnd": {"Type": "Task", "Resource": "arn:aws:states:::sns:publish.waitForTaskToken",
+                       "Parameters": {"TopicArn": topic_arn, "Message.$": "$$.Task.Token"},
+                       "Retry": [{"ErrorEquals": ["Job.Retry"], "MaxAttempts": 1}],
+                       "Catch": [{"ErrorEquals": ["States.Timeout"], "ResultPath": "$.lost", "Next": "Reconcile"}],
+                       "ResultPath": "$.ended", "End": True},
+        "Reconcile": {"Type": "Pass", "End": True}}}
+
+
+def test_a_task_token_is_completed_by_whoever_calls_send_task_success(fast_machine, tmp_path: Path) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    template, ids = fast_machine
+    h = Harness(template, ids, tmp_path, mode="instant")
+    with h.running():
+        tokens: list[str] = []
+        plan: list[str] = []
+
+        def deliver(state: str, token: str) -> str | None:
+            """The event side: read the published token, complete it as the plan says."""
+            published = [m["Message"] for m in h.messages()]
+            tokens.extend(published)
+            if not published:
+                return None
+            sfn = boto3.client("stepfunctions", region_name=REGION)  # made after the bridge's hook
+            step = plan.pop(0)
+            if step == "lost":
+                return "States.Timeout"
+            if step == "retry":
+                sfn.send_task_failure(taskToken=published[0], error="Job.Retry", cause="try again")
+            else:
+                sfn.send_task_success(taskToken=published[0], output=json.dumps({"status": step}))
+                with pytest.raises(ClientError, match="TaskTimedOut"):  # a duplicate event changes nothing
+                    sfn.send_task_success(taskToken=published[0], output="{}")
+            return None
+
+        with LocalInterpreter(h, on_wait=deliver).running() as local:
+            local.definition = token_machine(h.topic_arn)
+            plan[:] = ["Completed"]
+            ended = local.execute({"run": 1}, "token-ok")
+            assert (ended.status, ended.path, ended.output) == ("SUCCEEDED", ["WaitForEnd"],
+                                                                {"run": 1, "ended": {"status": "Completed"}})
+            plan[:] = ["retry", "Failed"]
+            retried = local.execute({"run": 2}, "token-retry")
+            assert retried.output == {"run": 2, "ended": {"status": "Failed"}} and retried.path == ["WaitForEnd"]
+            assert tokens[1] != tokens[2] and all(t.startswith("asl-local:") for t in tokens)  # one per attempt
+            plan[:] = ["lost"]
+            lost = local.execute({"run": 3}, "token-lost")
+            assert lost.path == ["WaitForEnd", "Reconcile"] and lost.output["lost"]["Error"] == "States.Timeout"
+            assert plan == []
