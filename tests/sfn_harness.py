@@ -23,7 +23,8 @@ Every patch of moto internals lives in this module, and moto is pinned (==5.2.5)
 
 IAM is enforced on every call a handler or the state machine makes (:mod:`tests.aws_iam`): a call its role in
 the template does not allow fails as on AWS, and the harness fails listing each denial when it stops. Every
-call is also kept (``Harness.iam.calls``) for the strict request checks of :mod:`tests.strict_requests`.
+call is also kept (``Harness.iam.calls``); when the harness stops, each CreateTrainingJob, UpdateTrainingJob and
+StopTrainingJob request among them must satisfy botocore's model in full (:mod:`tests.strict_requests`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 )
 
 from tests.aws_iam import STATE_MACHINE, Grants, IamEnforcer  # noqa: E402
+from tests.strict_requests import check_calls  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"
@@ -431,6 +433,7 @@ class Harness:
                 with self.iam.active():
                     yield self
                 self.iam.check()
+                check_calls(self.iam.calls)
             finally:
                 steps.reset_clients()
 

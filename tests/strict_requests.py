@@ -176,3 +176,15 @@ def _range(v: float, meta: dict[str, Any], path: str, errors: list[str]) -> None
         errors.append(f"{path}: {v} is below the minimum {meta['min']}")
     if "max" in meta and v > meta["max"]:
         errors.append(f"{path}: {v} is above the maximum {meta['max']}")
+
+
+# The SageMaker calls every local execution is checked for (tests/sfn_harness.py, when the harness stops).
+TRAINING_JOB_CALLS = ("CreateTrainingJob", "UpdateTrainingJob", "StopTrainingJob")
+
+
+def check_calls(calls: list[Any]) -> int:
+    """Validate every recorded SageMaker training-job request (``tests.aws_iam.Call``); returns how many."""
+    sent = [c for c in calls if c.service == "sagemaker" and c.operation in TRAINING_JOB_CALLS]
+    for call in sent:
+        assert_valid("sagemaker", call.operation, call.params)
+    return len(sent)

@@ -23,11 +23,10 @@ from tests.conftest import REPO, TINY
 from tests.orchestration_app import FAST_TIMING, build_stack, logical_ids
 from tests.sfn_harness import Harness
 from tests.sfn_scenarios import HeldJobs
-from tests.strict_requests import assert_valid, java_pattern, validate
+from tests.strict_requests import TRAINING_JOB_CALLS, check_calls, java_pattern, validate
 
 pytestmark = pytest.mark.timeout(300)
 
-CHECKED = ("CreateTrainingJob", "UpdateTrainingJob", "StopTrainingJob")
 VPC_KMS = AppSettings(vpc_subnet_ids=("subnet-0123456789abcdef0", "subnet-0fedcba9876543210"),
                       vpc_security_group_ids=("sg-0123456789abcdef0",),
                       kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab")
@@ -71,9 +70,8 @@ def test_requests_sent_by_the_executions_are_strictly_valid(case: str, templates
         failed = h.execute({"pipeline": pipeline()}, "stops-its-job")  # the failure path stops the job
         assert failed.status == "FAILED"
     assert h.iam is not None
-    sent = [c for c in h.iam.calls if c.service == "sagemaker" and c.operation in CHECKED]
-    for call in sent:
-        assert_valid("sagemaker", call.operation, call.params)
+    sent = [c for c in h.iam.calls if c.service == "sagemaker" and c.operation in TRAINING_JOB_CALLS]
+    assert check_calls(h.iam.calls) == len(sent)  # each strictly valid (the harness checked them as it stopped)
     ops = [c.operation for c in sent]
     sessions = len(pipeline()["sessions"])
     assert ops.count("CreateTrainingJob") == sessions + 1 and ops.count("StopTrainingJob") == 1
@@ -152,3 +150,17 @@ def test_java_patterns_keep_their_java_meaning() -> None:
     assert java_pattern(r"[\S\s]*").fullmatch("line\nbreak")
     assert not java_pattern(r"\d{12}").fullmatch("١٢٣٤٥٦٧٨٩٠١٢")  # \d is ASCII digits
     assert not java_pattern(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}").fullmatch("job-")  # the whole value
+
+
+def test_the_harness_fails_a_run_whose_request_breaks_the_model(templates, tmp_path: Path) -> None:
+    """moto accepts a 300-character image URI; SageMaker (and so the harness, when it stops) does not."""
+    template, ids = templates["default"]
+    h = Harness(template, ids, tmp_path, mode="instant")
+    one = copy.deepcopy(TINY)
+    one["sessions"] = one["sessions"][:1]
+    with pytest.raises(AssertionError, match=r"AlgorithmSpecification\.TrainingImage: 300 characters, more than "
+                                             r"the maximum 255"):
+        with h.running():
+            registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com/"
+            h._env["prepare_session"]["RLPIPE_IMAGE_URI"] = registry + "r" * (300 - len(registry))
+            assert h.execute({"pipeline": one}, "long-image").status == "SUCCEEDED"
