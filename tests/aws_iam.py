@@ -233,6 +233,8 @@ class Grants:
     @classmethod
     def from_template(cls, template: dict[str, Any], refs: dict[str, str], function_ids: dict[str, str],
                       state_machine_id: str, region: str, account: str) -> Grants:
+        """Resolve the roles of ``function_ids`` (name -> logical id) and of the state machine, their
+        policies, the KMS key policies and which key encrypts which topic and bucket."""
         resources = template["Resources"]
         refs = default_refs(template, region, account, refs)
         role_of: dict[str, str] = {}  # role logical id -> principal
@@ -259,7 +261,8 @@ class Grants:
         for k, r in resources.items():
             if r["Type"] != "AWS::S3::Bucket":
                 continue
-            for rule in r.get("Properties", {}).get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", []):
+            encryption = r.get("Properties", {}).get("BucketEncryption", {})
+            for rule in encryption.get("ServerSideEncryptionConfiguration", []):
                 key = rule.get("ServerSideEncryptionByDefault", {}).get("KMSMasterKeyID")
                 if key:
                     bucket_keys[refs[k]] = resolve(key, refs)
@@ -301,7 +304,11 @@ class PolicySimulator:
 
     @classmethod
     def decide(cls, request: dict[str, Any]) -> dict[str, Any]:
-        """iam-simulate's answer: ``{"result": "Allowed" | ...}`` or ``{"error": ...}``."""
+        """iam-simulate's answer: ``{"result": "Allowed" | ...}`` or ``{"error": ...}``.
+
+        ``request["policySet"]`` identifies ``request["identityPolicies"]`` (the cache key leaves them out).
+        """
+        assert "policySet" in request
         key = json.dumps({k: v for k, v in request.items() if k != "identityPolicies"}, sort_keys=True)
         with cls._lock:
             if key in cls._cache:
