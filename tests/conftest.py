@@ -37,3 +37,19 @@ TINY: dict[str, Any] = {
 def tiny_raw() -> dict[str, Any]:
     """A fresh copy of the tiny two-session pipeline as a dict."""
     return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="session")
+def fast_machine() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Template and logical ids of the orchestration construct with zero waits and 1-second SDK retries,
+    synthesized once per test session (a synth takes seconds) for the local execution tests."""
+    from aws_cdk import Duration
+    from aws_cdk.assertions import Template
+
+    from stacks.orchestration.state_machine import RetryPacing
+    from tests.orchestration_app import FAST_TIMING, build_stack, logical_ids
+
+    _, stack, orchestration = build_stack(
+        timing=FAST_TIMING, bundle=False,
+        pacing=RetryPacing(create_interval=Duration.seconds(1), describe_interval=Duration.seconds(1)))
+    return Template.from_stack(stack).to_json(), logical_ids(stack, orchestration)

@@ -4,14 +4,18 @@ Every patch of moto internals lives in this module, and moto is pinned (==5.2.5)
 
 * ``LambdaSimpleBackend.invoke``: call the real handler of ``lambdas/<name>/handler.py`` in-process, with the
   environment the template gives that function, against moto's S3/SNS/SageMaker; raised exceptions become
-  Lambda function errors (``errorType`` = exception class), as in the Lambda runtime.
+  Lambda function errors (``errorType`` = exception class), as in the Lambda runtime. Remains: without
+  Docker, moto's Lambda echoes the payload.
 * ``SageMakerModelBackend.create_training_job`` / ``describe_training_job`` and two response methods moto lacks
   (``update_training_job``, ``stop_training_job``): a job is created InProgress, runs when first described
   (the real trainer in a SageMaker-shaped directory, or an instant stand-in), then reads back Completed or
   Failed, with WarmPoolStatus and pool reuse as SageMaker reports them. A reused name fails with ResourceInUse.
+  Remains: moto's job reads back Completed at once, never InProgress, Failed or with a pool, and its
+  SageMakerResponse has no UpdateTrainingJob or StopTrainingJob.
 * ``boto_client_for`` in the Lambda, SNS and aws-sdk task modules: one client per (region, service) instead
   of a new one per task (creating a SageMaker client costs tens of milliseconds; a 200-session run makes
-  hundreds of them). Behaviour is unchanged.
+  hundreds of them). Behaviour is unchanged. Remains for speed only; the clients it makes act as the state
+  machine's role for the IAM check.
 * ``CallbackEndpoint.setup_heartbeat_endpoint``: a task completed before moto sets up its heartbeat watch
   (AwaitJobEnd completing its own task when the job ended first) is seen at once, as on AWS; moto 5.2.5 would
   notice it only when the heartbeat times out.
@@ -19,7 +23,14 @@ Every patch of moto internals lives in this module, and moto is pinned (==5.2.5)
   "SageMaker Training Job State Change" events to the JobEvents Lambda once AwaitJobEnd has returned
   (:attr:`Harness.job_events`: once, twice and out of order, or lost), as EventBridge would.
 * The aws-sdk task's error naming: ``SageMaker.<ErrorCode>Exception`` as Step Functions documents it (moto
-  lower-cases the service and names unmodelled errors after the client class).
+  lower-cases the service and names unmodelled errors after the client class). Remains: unpatched, a
+  ThrottlingException (not in botocore's model) reaches the definition as ``sagemaker.sagemakerException``,
+  so Retry/Catch on error codes could not be tested.
+
+IAM is enforced on every call a handler or the state machine makes (:mod:`tests.aws_iam`): a call its role in
+the template does not allow fails as on AWS, and the harness fails listing each denial when it stops. Every
+call is also kept (``Harness.iam.calls``); when the harness stops, each CreateTrainingJob, UpdateTrainingJob and
+StopTrainingJob request among them must satisfy botocore's model in full (:mod:`tests.strict_requests`).
 """
 
 from __future__ import annotations
@@ -63,6 +74,9 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (  # noqa: E402
     state_task_service_sns as sns_task,
 )
+
+from tests.aws_iam import STATE_MACHINE, Grants, IamEnforcer  # noqa: E402
+from tests.strict_requests import check_calls  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"
@@ -449,6 +463,9 @@ class Harness:
         self._env: dict[str, dict[str, str]] = {}
         # CreateTrainingJob's request as sent (moto's backend receives it split into snake_case arguments).
         self._current_request: dict[str, Any] = {}
+        self.iam: IamEnforcer | None = None
+        # Tests that prove the IAM check fails change the template's grants through this.
+        self.edit_grants: Any = None
 
     # -- setup ------------------------------------------------------------------------------------------------
     @contextmanager
@@ -458,8 +475,14 @@ class Harness:
 
             steps.reset_clients()
             self._deploy()
+            grants = Grants.from_template(self.template, self.refs, self.ids["functions"], self.ids["state_machine"],
+                                          REGION, ACCOUNT)
+            self.iam = IamEnforcer(self.edit_grants(grants) if self.edit_grants else grants)
             try:
-                yield self
+                with self.iam.active():
+                    yield self
+                self.iam.check()
+                check_calls(self.iam.calls)
             finally:
                 steps.reset_clients()
 
@@ -502,6 +525,9 @@ class Harness:
         self.state_machine_arn = sfn.create_state_machine(
             name="rlpipe-runs", definition=self.definition,
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/rlpipe-sfn")["stateMachineArn"]
+        refs[self.ids["state_machine"]] = self.state_machine_arn
+        refs[f"{self.ids['state_machine']}.Name"] = "rlpipe-runs"
+        self.refs = refs
 
     @contextmanager
     def _patched(self) -> Iterator[None]:
@@ -522,6 +548,8 @@ class Harness:
             with client_lock:
                 if (region, service) not in clients:
                     clients[(region, service)] = saved["client_for"](region, service, state_credentials)
+                    if harness.iam:  # these clients serve the state machine's tasks only
+                        harness.iam.bind_client(clients[(region, service)], STATE_MACHINE)
                 return clients[(region, service)]
 
         def invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
@@ -530,7 +558,8 @@ class Harness:
 
         def create_training_job(self: Any, **kwargs: Any) -> Any:
             request = harness._current_request
-            harness.sagemaker.create(request)
+            with harness._acting_as(None):
+                harness.sagemaker.create(request)
             return saved["create"](self, **kwargs)
 
         def describe_training_job(self: Any, training_job_name: str) -> dict[str, Any]:
@@ -540,7 +569,8 @@ class Harness:
             for key in ("FailureReason", "WarmPoolStatus", "ModelArtifacts", "TrainingEndTime",
                         "TrainingTimeInSeconds", "BillableTimeInSeconds"):
                 response.pop(key, None)
-            response.update(harness.sagemaker.describe(training_job_name))
+            with harness._acting_as(None):  # the job runs as SageMaker, not as the caller
+                response.update(harness.sagemaker.describe(training_job_name))
             request = harness.sagemaker.jobs[training_job_name].request
             response["AlgorithmSpecification"] = request["AlgorithmSpecification"]
             return response
@@ -613,7 +643,8 @@ class Harness:
             os.environ.update(self._env[name])
             t0 = time.perf_counter()
             try:
-                result: Any = self._handlers[name](event, _Context(name))
+                with self._acting_as(name):
+                    result: Any = self._handlers[name](event, _Context(name))
             except Exception as exc:  # the Lambda runtime's unhandled-error payload
                 response_headers["x-amz-function-error"] = "Unhandled"
                 result = {"errorMessage": str(exc), "errorType": type(exc).__name__,
@@ -649,6 +680,14 @@ class Harness:
     def reconcile(self) -> Any:
         """One tick of the reconciliation schedule."""
         return self.call_lambda("job_events", SCHEDULED_EVENT)
+
+    def _acting_as(self, function: str | None) -> Any:
+        """Calls are the function's (its role), or with ``None`` SageMaker's own (not checked)."""
+        from contextlib import nullcontext
+
+        if self.iam is None:
+            return nullcontext()
+        return self.iam.acting_as(f"function:{function}" if function else None)
 
     def call_lambda(self, name: str, event: Any) -> Any:
         """Invoke function ``name`` as EventBridge or the CLI would (outside the state machine)."""

@@ -77,6 +77,8 @@ class Orchestration(Construct):
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             state_machine_type=sfn.StateMachineType.STANDARD,
             query_language=sfn.QueryLanguage.JSON_PATH,
+            # These two grant the role CloudWatch Logs delivery and X-Ray actions on "*": Step Functions itself
+            # uses them, no state calls them (tests/test_aws_iam.py).
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
             tracing_enabled=True,
             removal_policy=removal_policy,

@@ -135,6 +135,8 @@ class Functions(Construct):
         log_group = logs.LogGroup(self, f"{ident}Logs", retention=LOG_RETENTION, removal_policy=removal_policy)
         role = iam.Role(self, f"{ident}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                         description=f"rlpipe Lambda {name}")
+        # Used by the Lambda runtime (logs) and, with tracing ACTIVE, X-Ray's grant below: no step calls them
+        # (tests/test_aws_iam.py lists every granted action no step calls).
         role.add_to_policy(iam.PolicyStatement(actions=["logs:CreateLogStream", "logs:PutLogEvents"],
                                                resources=[f"{log_group.log_group_arn}"]))
         acks = [
