@@ -260,12 +260,13 @@ def _child(request: VideoRequest, result_file: Path) -> int:
     try:
         while True:
             if step % stride == 0:
+                # Checked before a frame, not after: an episode that ends exactly at the limit still counts.
+                if frames >= most_frames or os.getppid() != parent:
+                    break
                 if step:
                     frame = render()
                 writer.append_data(frame)
                 frames += 1
-                if frames >= most_frames or os.getppid() != parent:
-                    break
             action, _ = model.predict(obs, deterministic=True)
             obs, reward, done, _info = venv.step(action)
             running += float(reward[0])
