@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,15 @@ import imageio.v2 as imageio
 import pytest
 from PIL import Image
 
+from rlpipe.cloud import steps
+from rlpipe.cloud.store import RunKeys
 from rlpipe.config import parse_pipeline
 from rlpipe.jsonio import read_json
 from rlpipe.report.render import VIDEO_EMBED_MAX_BYTES, render_html, render_markdown
 from rlpipe.runner import LocalRunner
 from rlpipe.trainer.video import FILMSTRIP_HEIGHT, frame_plan, record_video
+
+from .test_cloud_steps import BUCKET, _through_first_session, aws  # noqa: F401  (aws: the moto fixture)
 
 SMALL_VIDEO = {"enabled": True, "max_seconds": 1.0, "width": 160, "height": 128}
 
@@ -125,3 +130,32 @@ def test_video_turned_off_records_nothing_and_removes_an_earlier_one(tmp_path: P
     entry = {"name": "a", "status": "completed", "video": video.model_dump(mode="json")}
     html = render_html({"pipeline": "p", "sessions": [entry]}, None)
     assert "No video: eval.video.enabled is false." in html and "<video" not in html
+
+
+def test_on_aws_the_report_and_the_email_link_the_video(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+    ctx, s3 = aws["ctx"], aws["s3"]
+    run_id, job = _through_first_session(aws, tiny_raw)
+    keys = RunKeys(run_id)
+    metrics = json.loads(s3.get_object(Bucket=BUCKET, Key=keys.metrics("stand"))["Body"].read())
+    metrics["video"] = {"status": "recorded", "file": "video.mp4", "filmstrip": "filmstrip.png", "frames": 5,
+                        "fps": 25.0, "seconds": 0.2, "width": 160, "height": 128, "episodes": 1,
+                        "size_bytes": 6, "gl_backend": "egl", "render_seconds": 9.5}
+    s3.put_object(Bucket=BUCKET, Key=keys.metrics("stand"), Body=json.dumps(metrics))
+    # The trainer writes both beside its checkpoints too; SageMaker syncs them to this prefix.
+    s3.put_object(Bucket=BUCKET, Key=keys.checkpoints("stand") + "video.mp4", Body=b"mp4mp4")
+    s3.put_object(Bucket=BUCKET, Key=keys.checkpoints("stand") + "filmstrip.png", Body=b"png")
+    steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": job}, ctx)
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    assert state.sessions[0].video is not None and state.sessions[0].video.render_seconds == 9.5
+
+    report = steps.write_report(ctx, store, state)
+    copied = s3.get_object(Bucket=BUCKET, Key=keys.root + "videos/stand.mp4")
+    assert copied["Body"].read() == b"mp4mp4" and copied["ContentType"] == "video/mp4"
+    video = report["sessions"][0]["video"]
+    assert (video["href"], video["filmstrip_href"]) == ("videos/stand.mp4", "videos/stand.png")
+    html = s3.get_object(Bucket=BUCKET, Key=keys.report("html"))["Body"].read().decode()
+    assert 'src="data:video/mp4;base64,bXA0bXA0"' in html and 'src="data:image/png;base64,cG5n"' in html
+    assert "(<videos/stand.png>)" in s3.get_object(Bucket=BUCKET, Key=keys.report("md"))["Body"].read().decode()
+    _, body = steps.summary_message(report, steps.console_links(ctx, run_id, None))
+    assert f"Policy videos:\n  stand: {video['url']}" in body and video["url"].endswith("videos/stand.mp4")
