@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from rlpipe.config import parse_pipeline
 from rlpipe.jsonio import read_json
 from rlpipe.report.render import VIDEO_EMBED_MAX_BYTES, render_html, render_markdown
 from rlpipe.runner import LocalRunner
+from rlpipe.trainer import video as video_module
 from rlpipe.trainer.video import FILMSTRIP_HEIGHT, frame_plan, record_video
 
 from .test_cloud_steps import BUCKET, _through_first_session, aws  # noqa: F401  (aws: the moto fixture)
@@ -39,7 +42,11 @@ def test_frame_plan_plays_in_real_time_at_most_30_fps() -> None:
     assert frame_plan(50, 0.01) == (2, 25.0, 1)
 
 
-def test_session_records_a_video_that_decodes_and_reports_embed_it(tmp_path: Path, tiny_raw: dict[str, Any]) -> None:
+def test_session_records_a_video_that_decodes_and_reports_embed_it(tmp_path: Path, tiny_raw: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A first backend that cannot render: the next one is tried in a fresh process (as OSMesa after EGL).
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setattr(video_module, "DEFAULT_BACKENDS", ("no-such-gl", "egl"))
     out = tmp_path / "run"
     raw = _first_session_only(tiny_raw, SMALL_VIDEO)
     raw["sessions"] = raw["sessions"][:1]
@@ -48,6 +55,7 @@ def test_session_records_a_video_that_decodes_and_reports_embed_it(tmp_path: Pat
     stand = state.sessions[0]
     video = stand.video
     assert video is not None and video.status == "recorded", video
+    assert video.gl_backend == "egl"
     model = out / "stand" / "model"
 
     # Read back: the frame count and size the outcome states.
@@ -130,6 +138,17 @@ def test_video_turned_off_records_nothing_and_removes_an_earlier_one(tmp_path: P
     entry = {"name": "a", "status": "completed", "video": video.model_dump(mode="json")}
     html = render_html({"pipeline": "p", "sessions": [entry]}, None)
     assert "No video: eval.video.enabled is false." in html and "<video" not in html
+
+
+def test_a_stop_while_recording_ends_the_recording_not_the_session(tmp_path: Path, tiny_raw: dict[str, Any]) -> None:
+    raw = _first_session_only(tiny_raw, SMALL_VIDEO)
+    session = parse_pipeline(raw, check_envs=False).sessions[0]
+    stop = threading.Event()
+    stop.set()  # SIGTERM (SageMaker stop) or Ctrl-C: the trainer has little time left
+    clock = time.perf_counter()
+    video = record_video(session, tmp_path, seed=0, stop=stop)
+    assert video.status == "missing" and video.reason.startswith("stopped while recording")
+    assert time.perf_counter() - clock < 5 and not (tmp_path / "video.mp4").exists()
 
 
 def test_on_aws_the_report_and_the_email_link_the_video(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
