@@ -106,6 +106,7 @@ def record_video(session: SessionConfig, model_dir: Path, seed: int, stop: threa
         request = VideoRequest(str(model_dir), session.algorithm, session.env, dict(session.env_kwargs),
                                session.normalize, seed, settings.episodes, settings.max_seconds, settings.width,
                                settings.height)
+        log.info("session %s: recording the final policy (up to %g s of video)", session.name, settings.max_seconds)
         video = _record(request, stop or threading.Event())
         if video.status == "recorded" and copy_to is not None:
             copy_to.mkdir(parents=True, exist_ok=True)
