@@ -18,6 +18,7 @@ from rlpipe.cloud import steps
 from rlpipe.cloud.store import RunKeys
 from rlpipe.config import parse_pipeline
 from rlpipe.jsonio import read_json
+from rlpipe.outcome import SessionOutcome
 from rlpipe.report.render import VIDEO_EMBED_MAX_BYTES, render_html, render_markdown
 from rlpipe.runner import LocalRunner
 from rlpipe.trainer import video as video_module
@@ -149,6 +150,21 @@ def test_a_stop_while_recording_ends_the_recording_not_the_session(tmp_path: Pat
     video = record_video(session, tmp_path, seed=0, stop=stop)
     assert video.status == "missing" and video.reason.startswith("stopped while recording")
     assert time.perf_counter() - clock < 5 and not (tmp_path / "video.mp4").exists()
+
+
+def test_a_failure_after_the_first_frame_is_not_taken_for_missing_gl(tmp_path: Path, tiny_raw: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    session = parse_pipeline(_first_session_only(tiny_raw, SMALL_VIDEO), check_envs=False).sessions[0]
+    video = record_video(session, tmp_path, seed=0)  # GL works, but the dir holds no bundle
+    assert video.status == "missing"
+    assert video.reason.startswith("recording failed: egl: FileNotFoundError") and "vecnormalize.pkl" in video.reason
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left in the model dir
+
+
+def test_an_unreadable_video_record_leaves_the_rest_of_the_outcome() -> None:
+    outcome = SessionOutcome.read({"timesteps": 256, "video": {"status": "lost", "frames": "many"}})
+    assert outcome is not None and outcome.timesteps == 256 and outcome.video is None
 
 
 def test_on_aws_the_report_and_the_email_link_the_video(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:

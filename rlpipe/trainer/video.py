@@ -50,6 +50,9 @@ START_SECONDS = 120.0
 SECONDS_PER_FRAME = 2.0
 EXIT_NO_GL = 3  # the child could not render a first frame with its backend: the next one is tried
 POLL_SECONDS = 0.25
+# Written by the child and renamed when complete; removed if it never completes (the model dir is the bundle).
+PARTIAL_VIDEO = f".{VIDEO_FILE}.partial.mp4"
+PARTIAL_FILMSTRIP = f".{FILMSTRIP_FILE}.partial.png"
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def _backends() -> list[str]:
 def _remove_stale(*directories: Path) -> None:
     """An earlier attempt's video must not stand for this one's."""
     for directory in directories:
-        for name in (VIDEO_FILE, FILMSTRIP_FILE):
+        for name in (VIDEO_FILE, FILMSTRIP_FILE, PARTIAL_VIDEO, PARTIAL_FILMSTRIP):
             (directory / name).unlink(missing_ok=True)
 
 
@@ -152,6 +155,8 @@ def _record(request: VideoRequest, stop: threading.Event) -> VideoOutcome:
         return VideoOutcome(status="missing", reason=f"{prefix}: " + "; ".join(failures))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        for name in (PARTIAL_VIDEO, PARTIAL_FILMSTRIP):  # a child that failed or was stopped midway
+            (Path(request.model_dir) / name).unlink(missing_ok=True)
 
 
 def _read_result(path: Path) -> dict[str, Any]:
@@ -253,11 +258,11 @@ def _child(request: VideoRequest, result_file: Path) -> int:
     model = getattr(stable_baselines3, ALGORITHMS[request.algorithm].sb3_class).load(
         str(model_dir / MODEL_FILE), device="cpu")
     stride, fps, most_frames = frame_plan(env.metadata.get("render_fps"), request.max_seconds)
-    partial = model_dir / f".{VIDEO_FILE}.partial.mp4"
+    partial = model_dir / PARTIAL_VIDEO
     writer = imageio.get_writer(str(partial), format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                 pixelformat="yuv420p", macro_block_size=16, ffmpeg_log_level="error",
                                 output_params=["-movflags", "+faststart"])  # plays before fully downloaded
-    frames, step, started, rewards, running = 0, 0, 1, [], 0.0
+    frames, step, rewards, running = 0, 0, [], 0.0
     try:
         while True:
             if step % stride == 0:
@@ -277,7 +282,6 @@ def _child(request: VideoRequest, result_file: Path) -> int:
                 running, step = 0.0, 0
                 if len(rewards) >= request.episodes:
                     break
-                started += 1
                 frame = render()  # the next episode's first frame (the env reset itself)
     finally:
         writer.close()
@@ -286,7 +290,8 @@ def _child(request: VideoRequest, result_file: Path) -> int:
     shape = np.asarray(frame).shape
     _write_filmstrip(model_dir / VIDEO_FILE, frames, model_dir / FILMSTRIP_FILE)
     write_json_atomic(result_file, {"frames": frames, "fps": round(fps, 4), "seconds": round(frames / fps, 3),
-                                    "width": int(shape[1]), "height": int(shape[0]), "episodes": started,
+                                    "width": int(shape[1]), "height": int(shape[0]),
+                                    "episodes": len(rewards) + (1 if step else 0),  # the last one may be cut
                                     "episode_rewards": [round(r, 6) for r in rewards]})
     return 0
 
@@ -316,7 +321,7 @@ def _write_filmstrip(video: Path, frames: int, target: Path) -> None:
     for image in picked:
         strip.paste(image, (x, 0))
         x += image.width + FILMSTRIP_GAP
-    partial = target.with_name(f".{target.name}.partial.png")
+    partial = target.with_name(PARTIAL_FILMSTRIP)
     strip.save(partial, optimize=True)
     os.replace(partial, target)
 
