@@ -81,7 +81,9 @@ def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[
     """Links for the message: the report in the S3 console and the execution in the Step Functions console."""
     region = ctx.region or "us-east-1"
     key = RunKeys(run_id).report("html")
-    links = {"report": ctx.store.uri(key), "report_console": object_console_url(ctx, key)}
+    links = {"report": ctx.store.uri(key),
+             "report_console": f"https://{region}.console.aws.amazon.com/s3/object/{ctx.settings.bucket}"
+                               f"?region={region}&prefix={key}"}
     if execution_arn:
         links["execution"] = execution_console_url(region, execution_arn)
     return links
