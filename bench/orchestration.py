@@ -50,7 +50,8 @@ def _tiny_pipeline(sessions: int) -> dict[str, Any]:
         "name": f"orch-{sessions}",
         "defaults": {"algorithm": "ppo", "n_envs": 2,
                      "hyperparameters": {"n_steps": 64, "batch_size": 64, "policy_kwargs": {"net_arch": [16, 16]}},
-                     "eval": {"every_steps": 128, "episodes": 1}, "checkpoint": {"every_steps": 128}},
+                     "eval": {"every_steps": 128, "episodes": 1, "video": {"enabled": False}},
+                     "checkpoint": {"every_steps": 128}},
         "sessions": [{"name": f"s{i}", "env": envs[i % 2], "timesteps": 256, "use_previous_checkpoint": i > 0}
                      for i in range(sessions)],
     }

@@ -46,6 +46,7 @@ def throughput_session(algorithm: str, env_id: str, timesteps: int, interval: in
         raw["checkpoint"]["every_steps"] = interval
     if background_eval is not None:
         raw["eval"]["background"] = background_eval
+    raw["eval"]["video"] = {"enabled": False}  # training is measured here; recording is timed by its own log
     return SessionConfig.model_validate(raw)
 
 
@@ -83,4 +84,5 @@ def curriculum(seed: int, timesteps: int | None = None, eval_every: int | None =
             s["eval"]["episodes"] = eval_episodes
         if scratch:
             s["use_previous_checkpoint"] = False
+        s["eval"]["video"] = {"enabled": False}  # training and hand-overs are measured, not recording
     return parse_pipeline({"name": name or raw["name"], "sessions": chosen})

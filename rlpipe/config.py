@@ -80,6 +80,18 @@ class Compute(_Strict):
         return wait
 
 
+class EvalVideo(_Strict):
+    """A video of the session's final policy, recorded after its final evaluation (``model/video.mp4``)."""
+
+    enabled: bool = True
+    episodes: int = Field(1, ge=1, le=100, description="episodes recorded one after another")
+    max_seconds: float = Field(20.0, gt=0, le=600, description="the video is cut at this length (played in real "
+                               "time: the env's frame rate, thinned to at most 30 fps)")
+    # H.264 encodes whole 16-pixel macroblocks; other sizes would be rescaled by the encoder.
+    width: int = Field(480, ge=16, le=1920, multiple_of=16)
+    height: int = Field(480, ge=16, le=1920, multiple_of=16)
+
+
 class EvalSettings(_Strict):
     """Periodic evaluation on a separate env with the frozen normalisation statistics."""
 
@@ -88,6 +100,7 @@ class EvalSettings(_Strict):
     background: bool | None = Field(None, description="evaluate in a second process while training goes on; "
                                     "default: when a core is spare and the session evaluates at least twice "
                                     "before its end")
+    video: EvalVideo = EvalVideo()
 
 
 class CheckpointSettings(_Strict):

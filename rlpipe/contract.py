@@ -23,6 +23,8 @@ REPLAY_BUFFER_FILE = "replay_buffer.pkl"  # off-policy
 BUNDLE_META_FILE = "bundle.json"  # counters, what was carried/reset
 METRICS_FILE = "metrics.json"  # the session's outcome (rlpipe.outcome); also beside the checkpoints
 CURVE_FILE = "learning_curve.png"  # in the bundle and beside a run's report
+VIDEO_FILE = "video.mp4"  # the final policy at work (also beside the checkpoints: S3 on AWS)
+FILMSTRIP_FILE = "filmstrip.png"  # a few of the video's frames side by side
 # A run directory (runs/<pipeline> locally, s3://<bucket>/runs/<run_id>/ on AWS).
 STATE_FILE = "state.json"
 PLAN_FILE = "plan.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,6 +37,31 @@ class OutcomeTiming(BaseModel):
     transfer_eval_seconds: float | None = None
 
 
+class VideoOutcome(BaseModel):
+    """The session's policy video: what was recorded, or why there is none (``status`` and ``reason``).
+
+    ``render_seconds`` is the time spent recording it; the session's end is taken after it, so it is session
+    time, not hand-over time between sessions.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["recorded", "missing", "disabled"]
+    reason: str | None = None
+    file: str | None = None  # in the model dir (the bundle)
+    filmstrip: str | None = None
+    frames: int | None = None
+    fps: float | None = None
+    seconds: float | None = None
+    width: int | None = None
+    height: int | None = None
+    episodes: int | None = None
+    episode_rewards: list[float] = Field(default_factory=list)
+    size_bytes: int | None = None
+    gl_backend: str | None = None
+    render_seconds: float | None = None
+
+
 class SessionOutcome(BaseModel):
     """The trainer's ``metrics.json``: rewards, evaluations, timing and what a warm start really carried.
 
@@ -59,6 +84,7 @@ class SessionOutcome(BaseModel):
     reset: list[str] | None = None
     notes: list[str] = Field(default_factory=list)
     handoff_from: str | None = None
+    video: VideoOutcome | None = None
 
     @field_validator("evaluations", mode="before")
     @classmethod
@@ -76,6 +102,15 @@ class SessionOutcome(BaseModel):
     @classmethod
     def _timing_mapping(cls, value: Any) -> Any:
         return value if isinstance(value, Mapping) else {}
+
+    @field_validator("video", mode="before")
+    @classmethod
+    def _readable_video(cls, value: Any) -> Any:
+        """A video record that cannot be read is dropped, not the whole outcome."""
+        try:
+            return None if value is None else VideoOutcome.model_validate(value)
+        except ValidationError:
+            return None
 
     @classmethod
     def read(cls, data: Any, source: str = "metrics.json") -> SessionOutcome | None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlpipe.config import PipelineConfig
-from rlpipe.outcome import Evaluation, SessionOutcome
+from rlpipe.outcome import Evaluation, SessionOutcome, VideoOutcome
 from rlpipe.plan import Plan, build_plan
 
 SessionStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
@@ -112,6 +112,7 @@ class SessionState(BaseModel):
     notes: list[str] = Field(default_factory=list)
     handoff_notes: list[str] = Field(default_factory=list)
     handoff_source: Literal["plan", "trainer"] = "plan"
+    video: VideoOutcome | None = None  # the final policy's video, or why there is none
     # Filled by the AWS driver only.
     job_name: str | None = None
     training_seconds: float | None = None
@@ -152,6 +153,7 @@ class SessionState(BaseModel):
                 self.handoff_notes = handoff_notes(self.carried, carried)
             self.carried, self.reset, self.handoff_source = carried, list(outcome.reset or []), "trainer"
         self.notes = [str(n) for n in outcome.notes]
+        self.video = outcome.video or self.video
 
     def add_wall_seconds(self, start: str | None, end: str | None) -> None:
         """Add the time from ``start`` to ``end`` to the session's wall time (it sums over attempts)."""

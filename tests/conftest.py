@@ -23,7 +23,8 @@ TINY: dict[str, Any] = {
         "algorithm": "ppo",
         "n_envs": 2,
         "hyperparameters": {"n_steps": 64, "batch_size": 64, "policy_kwargs": {"net_arch": [16, 16]}},
-        "eval": {"every_steps": 128, "episodes": 1},
+        # No policy video: the tests that want one ask for it (recording takes seconds per session).
+        "eval": {"every_steps": 128, "episodes": 1, "video": {"enabled": False}},
         "checkpoint": {"every_steps": 128},
     },
     "sessions": [

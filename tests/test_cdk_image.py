@@ -249,7 +249,9 @@ def test_dockerfile_base_torch_and_rendering() -> None:
     text = _dockerfile()
     assert re.search(r"^ARG BASE=python:3\.11-slim$", text, flags=re.M)
     assert "FROM ${BASE}" in text
-    assert "MUJOCO_GL=egl" in text and "libegl1" in text and "libosmesa6" in text
+    assert "libegl1" in text and "libegl-mesa0" in text and "libosmesa6" in text
+    # Unset, so the video process falls back from EGL to OSMesa (a set MUJOCO_GL is the only backend tried).
+    assert not re.search(r"^\s*(ENV\s+)?MUJOCO_GL=", text, flags=re.M)
     pins = _pyproject()["project"]["optional-dependencies"]["train"]
     (torch_pin,) = [p for p in pins if p.replace(" ", "").startswith("torch==")]
     assert f"ARG TORCH_VERSION={torch_pin.split('==')[1]}" in text

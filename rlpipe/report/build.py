@@ -80,6 +80,8 @@ def _session_entry(index: int, s: SessionState) -> dict[str, Any]:
         "error": s.error,
         "has_metrics": s.handoff_source == "trainer" or bool(s.evaluations),
         "evaluations": [e.model_dump(mode="json", include=_EVALUATION_KEYS) for e in s.evaluations],
+        # Where the files are relative to the report is the driver's to add (``href``, ``filmstrip_href``).
+        "video": s.video.model_dump(mode="json") if s.video else None,
     }
     for name in AWS_FIELDS:
         value = getattr(s, name)

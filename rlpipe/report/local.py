@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from rlpipe.contract import METRICS_FILE, REPORT_FILES, STATE_FILE, ContainerPaths
+from typing import Any
+
+from rlpipe.contract import FILMSTRIP_FILE, METRICS_FILE, REPORT_FILES, STATE_FILE, VIDEO_FILE, ContainerPaths
 from rlpipe.jsonio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from rlpipe.outcome import SessionOutcome
 from rlpipe.report.build import build_report
-from rlpipe.report.render import render_html, render_markdown
+from rlpipe.report.render import VIDEO_EMBED_MAX_BYTES, render_html, render_markdown
 from rlpipe.state import RunState
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,26 @@ def read_session_outcome(run_dir: Path, session: str) -> SessionOutcome | None:
     return SessionOutcome.read(data, str(path))
 
 
+def session_media(run_dir: Path, report: dict[str, Any]) -> dict[str, bytes]:
+    """Point each recorded video of ``report`` at its files in the sessions' bundles (``href`` and
+    ``filmstrip_href``, relative to the run dir) and return those files' bytes by href, for embedding."""
+    media: dict[str, bytes] = {}
+    for entry in report.get("sessions") or []:
+        video = entry.get("video")
+        if not isinstance(video, dict) or video.get("status") != "recorded":
+            continue
+        model = ContainerPaths(run_dir / entry["name"]).model
+        for key, name in (("href", VIDEO_FILE), ("filmstrip_href", FILMSTRIP_FILE)):
+            path = model / name
+            if not path.is_file():
+                continue
+            href = path.relative_to(run_dir).as_posix()
+            video[key] = href
+            if key == "filmstrip_href" or path.stat().st_size <= VIDEO_EMBED_MAX_BYTES:
+                media[href] = path.read_bytes()
+    return media
+
+
 def write_local_report(run_dir: Path) -> dict[str, Path]:
     """Build the report of the run in ``run_dir`` and write report.json, report.md, report.html and
     learning_curve.png there, each atomically. Returns the written paths under the keys ``json``,
@@ -47,6 +69,7 @@ def write_local_report(run_dir: Path) -> dict[str, Path]:
     state = RunState.model_validate(read_json(run_dir / STATE_FILE))
     outcomes = {s.name: read_session_outcome(run_dir, s.name) for s in state.sessions}
     report = build_report(state, outcomes)
+    media = session_media(run_dir, report)
 
     written: dict[str, Path] = {}
     png: bytes | None = None
@@ -62,6 +85,6 @@ def write_local_report(run_dir: Path) -> dict[str, Path]:
 
     write_json_atomic(run_dir / REPORT_JSON, report)
     write_text_atomic(run_dir / REPORT_MD, render_markdown(report, curve_image=CURVE_PNG if png else None))
-    write_text_atomic(run_dir / REPORT_HTML, render_html(report, png))
+    write_text_atomic(run_dir / REPORT_HTML, render_html(report, png, media))
     written.update(json=run_dir / REPORT_JSON, markdown=run_dir / REPORT_MD, html=run_dir / REPORT_HTML)
     return written

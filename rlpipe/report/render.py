@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rlpipe.contract import CURVE_FILE
@@ -28,6 +28,9 @@ PART_MEANING: dict[str, tuple[str, str]] = {
                       "the step counter restarts at 0 for this session's own budget "
                       "(plots use the global timestep axis)"),
 }
+
+# A video up to this size is embedded in the HTML report (base64 adds a third); a larger one is linked.
+VIDEO_EMBED_MAX_BYTES = 2 * 1024 * 1024
 
 STATUS_WORDS = {"succeeded": "SUCCEEDED", "failed": "FAILED", "running": "RUNNING", "interrupted": "INTERRUPTED"}
 STATUS_COLOURS = {"succeeded": "#1a7f37", "completed": "#1a7f37", "failed": "#cf222e", "interrupted": "#bf8700",
@@ -155,6 +158,33 @@ def fresh_start_reason(session: dict[str, Any]) -> str:
     return "use_previous_checkpoint is false"
 
 
+def _size(n: Any) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1024:,.0f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:,.1f} MB"
+
+
+def video_sessions(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sessions that have a video record (recorded, missing or disabled), in order."""
+    return [s for s in report.get("sessions") or [] if isinstance(s.get("video"), dict)]
+
+
+def video_sentence(video: dict[str, Any]) -> str:
+    """One line on a session's video: what it shows and what it cost, or why there is none."""
+    status = video.get("status")
+    if status == "recorded":
+        rewards = video.get("episode_rewards") or []
+        shown = f"{video.get('episodes')} episode{'s' if video.get('episodes') != 1 else ''}"
+        reward = f"; episode reward {', '.join(fmt_reward(r) for r in rewards)}" if rewards else ""
+        return (f"{fmt_seconds(video.get('seconds'))} s of the final policy ({shown}{reward}), "
+                f"{video.get('width')}×{video.get('height')} at {fmt_seconds(video.get('fps'))} fps, "
+                f"{_size(video.get('size_bytes'))}; recorded in {_duration(video.get('render_seconds'))} "
+                f"({fmt_text(video.get('gl_backend'))}).")
+    if status == "disabled":
+        return "No video: eval.video.enabled is false."
+    return f"No video: {video.get('reason') or 'no reason was recorded'}."
+
+
 # ---- Markdown ------------------------------------------------------------------------------------------------
 
 def _md_cell(text: str) -> str:
@@ -209,6 +239,18 @@ def render_markdown(report: dict[str, Any], curve_image: str | None = CURVE_FILE
     if curve_image:
         out += ["## Learning curve", "", f"![Evaluation reward on the global timestep axis]({curve_image})", ""]
 
+    with_video = video_sessions(report)
+    if with_video:
+        out += ["## Policy videos", ""]
+        for s in with_video:
+            video = s["video"]
+            out += [f"### {s.get('name')}", "", _md_cell(video_sentence(video)), ""]
+            if video.get("filmstrip_href"):
+                out += [f"![Frames of the final policy of {_md_cell(str(s.get('name')))}]"
+                        f"(<{video['filmstrip_href']}>)", ""]
+            if video.get("href"):
+                out += [f"[Video]({'<' + video['href'] + '>'})", ""]
+
     out += ["## Warm starts: what was carried and what was reset", ""]
     for s in sessions:
         if not s.get("warm_started"):
@@ -258,6 +300,7 @@ dl.summary{display:grid;grid-template-columns:max-content auto;gap:.15rem 1rem}d
 dl.summary dd{margin:0}pre{background:#fff1f0;border:1px solid #ffc1bd;padding:.6rem;overflow-x:auto;
 white-space:pre-wrap}.failure{color:#cf222e;font-weight:600}img.curve{max-width:100%;height:auto}
 .muted{color:#6e7781}code{background:#f6f8fa;padding:0 .2rem;border-radius:3px}
+video.policy{max-width:480px;width:100%;background:#000}img.filmstrip{max-width:100%;height:auto}
 """
 _NUMERIC_HEADERS = {"Timesteps", "Wall s", "Transition s", "Final reward", "Best reward", "Training s",
                     "Billable s", "Spot savings", "Pool idle s", "Cost"}
@@ -272,8 +315,32 @@ def _badge(status: str) -> str:
     return f'<span class="badge" style="background:{colour}">{_e(status)}</span>'
 
 
-def render_html(report: dict[str, Any], curve_png: bytes | None) -> str:
-    """A self-contained HTML report: inline CSS, the learning curve embedded as a data URI, all text escaped."""
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _html_video(name: str, video: dict[str, Any], media: Mapping[str, bytes]) -> list[str]:
+    """A session's video (embedded when small, else linked) and its filmstrip, or why there is none."""
+    h = [f"<h3>{_e(name)}</h3>", f"<p>{_e(video_sentence(video))}</p>"]
+    href, strip = video.get("href"), video.get("filmstrip_href")
+    if href:
+        data = media.get(href)
+        src = _data_uri("video/mp4", data) if data is not None and len(data) <= VIDEO_EMBED_MAX_BYTES else href
+        h.append(f'<video class="policy" controls loop muted playsinline preload="metadata" src="{_e(src)}">'
+                 f'<a href="{_e(href)}">video.mp4</a></video>')
+    if strip:
+        data = media.get(strip)
+        src = _data_uri("image/png", data) if data is not None else strip
+        h.append(f'<p><img class="filmstrip" alt="Frames of the final policy of {_e(name)}" src="{_e(src)}"></p>')
+    return h
+
+
+def render_html(report: dict[str, Any], curve_png: bytes | None, media: Mapping[str, bytes] | None = None) -> str:
+    """A self-contained HTML report: inline CSS, the learning curve embedded as a data URI, all text escaped.
+
+    ``media`` maps a session video's ``href``/``filmstrip_href`` (relative to the report) to the file's bytes:
+    those are embedded (a video only up to :data:`VIDEO_EMBED_MAX_BYTES`), the others linked.
+    """
     status = str(report.get("status", "running"))
     title = f"Run report: {report.get('pipeline')}"
     h: list[str] = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -318,6 +385,12 @@ def render_html(report: dict[str, Any], curve_png: bytes | None) -> str:
                  f'src="data:image/png;base64,{data}">')
     else:
         h.append('<p class="muted">No plot in this report.</p>')
+
+    with_video = video_sessions(report)
+    if with_video:
+        h.append("<h2>Policy videos</h2>")
+        for s in with_video:
+            h += _html_video(str(s.get("name")), s["video"], media or {})
 
     h.append("<h2>Warm starts: what was carried and what was reset</h2>")
     for s in sessions:

@@ -42,6 +42,7 @@ from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
 from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
 from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
+from rlpipe.trainer.video import record_video
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,16 @@ class SessionTrainer:
         except Exception as exc:  # a plot must never cost the bundle
             log.warning("session %s: learning curve not drawn: %s", self.session.name, exc)
 
+    def _record_video(self, outcome: SessionOutcome, steps: int) -> SessionOutcome:
+        """The handed-over policy's video (:mod:`rlpipe.trainer.video`), seeded as the final evaluation. The
+        session ends after it, so recording counts as session time, not as the hand-over to the next session."""
+        video = record_video(self.session, self.paths.model, self.session.seed + EVAL_SEED_OFFSET + steps,
+                             stop=self.stop, copy_to=self.paths.checkpoints)
+        timing = outcome.timing.model_copy(update={"ended_at": utcnow()})
+        outcome = outcome.model_copy(update={"video": video, "timing": timing})
+        self._write_outcome(outcome)
+        return outcome
+
     # -- run ----------------------------------------------------------------------------------------------
     def run(self) -> SessionResult:
         """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
@@ -388,6 +399,7 @@ class SessionTrainer:
             outcome = self._outcome(model, budget_cb, True)
             self._write_bundle(model, env, outcome)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
+            outcome = self._record_video(outcome, steps)
             return SessionResult("completed", steps, resumed_from, outcome)
         finally:
             if background is not None:

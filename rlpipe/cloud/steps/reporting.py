@@ -10,7 +10,7 @@ from typing import Any
 from rlpipe.cloud.naming import execution_console_url
 from rlpipe.cloud.steps.context import Context, sns_subject
 from rlpipe.cloud.store import RunKeys, RunStore
-from rlpipe.contract import REPORT_FILES
+from rlpipe.contract import FILMSTRIP_FILE, REPORT_FILES, VIDEO_FILE
 from rlpipe.state import RunState
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
 
     outcomes = {s.name: (store.read_outcome(s.name) if s.job_name else None) for s in state.sessions}
     report = build_report(state, outcomes)
+    media = publish_videos(ctx, store, report)
     png: bytes | None = None
     try:
         from rlpipe.report import learning_curve_png
@@ -35,8 +36,45 @@ def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, An
     if png:
         store.put_report("png", png)
     store.put_report("md", render_markdown(report, curve_image=REPORT_FILES["png"] if png else None).encode())
-    store.put_report("html", render_html(report, png).encode())
+    store.put_report("html", render_html(report, png, media).encode())
     return report
+
+
+_VIDEO_FILES = (("href", VIDEO_FILE, "mp4", "video/mp4"), ("filmstrip_href", FILMSTRIP_FILE, "png", "image/png"))
+
+
+def publish_videos(ctx: Context, store: RunStore, report: dict[str, Any]) -> dict[str, bytes]:
+    """Put each recorded policy video and filmstrip beside the report (``videos/<session>.mp4|png``, copied
+    from the session's checkpoint prefix, which SageMaker syncs from the trainer; the bundle's
+    model.tar.gz holds them too) and point the report's entries at them: ``href``/``filmstrip_href``
+    relative to the report, ``url``/``filmstrip_url`` in the S3 console. Returns the bytes of those small
+    enough to embed; a file that cannot be copied is left out of the report, never fails it."""
+    from rlpipe.report.render import VIDEO_EMBED_MAX_BYTES
+
+    media: dict[str, bytes] = {}
+    for entry in report.get("sessions") or []:
+        video = entry.get("video")
+        if not isinstance(video, dict) or video.get("status") != "recorded":
+            continue
+        for key, name, suffix, content_type in _VIDEO_FILES:
+            href = f"videos/{entry['name']}.{suffix}"
+            try:
+                data = store.get_bytes(store.keys.checkpoints(entry["name"]) + name)
+                store.put_bytes(store.keys.root + href, data, content_type)
+            except Exception as err:  # botocore ClientError: the report comes out without this file
+                log.warning("session %s: %s not published: %s", entry["name"], name, err)
+                continue
+            video[key] = href
+            video[key.replace("href", "url")] = object_console_url(ctx, store.keys.root + href)
+            if suffix == "png" or len(data) <= VIDEO_EMBED_MAX_BYTES:
+                media[href] = data
+    return media
+
+
+def object_console_url(ctx: Context, key: str) -> str:
+    """The S3 console page of ``key`` in the stack's bucket."""
+    region = ctx.region or "us-east-1"
+    return f"https://{region}.console.aws.amazon.com/s3/object/{ctx.settings.bucket}?region={region}&prefix={key}"
 
 
 def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[str, str]:
@@ -77,6 +115,10 @@ def summary_message(report: Mapping[str, Any], links: Mapping[str, str]) -> tupl
     lines += ["  " + " | ".join(f(s) for _, f in columns) for s in sessions[:_MESSAGE_ROWS]]
     if len(sessions) > _MESSAGE_ROWS:
         lines.append(f"  ... and {len(sessions) - _MESSAGE_ROWS} more sessions in the report")
+    videos = [(s.get("name"), s["video"]["url"]) for s in sessions
+              if isinstance(s.get("video"), dict) and s["video"].get("url")]
+    if videos:
+        lines += ["", "Policy videos:"] + [f"  {name}: {url}" for name, url in videos[:_MESSAGE_ROWS]]
     lines += ["", f"Report: {links.get('report_console', links.get('report'))}", f"  ({links.get('report')})"]
     if links.get("execution"):
         lines.append(f"Execution: {links['execution']}")
