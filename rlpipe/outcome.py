@@ -37,6 +37,18 @@ class OutcomeTiming(BaseModel):
     transfer_eval_seconds: float | None = None
 
 
+class GateResult(BaseModel):
+    """A session's ``require`` gate as checked when it ended: the metric, its threshold, the value it reached
+    (None when the session recorded no such value: the gate then fails) and whether it passed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    metric: str
+    at_least: float
+    value: float | None = None
+    passed: bool
+
+
 class SessionOutcome(BaseModel):
     """The trainer's ``metrics.json``: rewards, evaluations, timing and what a warm start really carried.
 
@@ -59,6 +71,11 @@ class SessionOutcome(BaseModel):
     reset: list[str] | None = None
     notes: list[str] = Field(default_factory=list)
     handoff_from: str | None = None
+    # Gates: a ``stop_when`` that ended the session before its budget (at ``stop_step``), and the ``require``
+    # check at its end (None without one).
+    stopped_early: bool = False
+    stop_step: int | None = None
+    gate: GateResult | None = None
 
     @field_validator("evaluations", mode="before")
     @classmethod
