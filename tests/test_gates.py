@@ -1,0 +1,113 @@
+"""Session gates in the trainer: stop_when ends early on the evaluation grid (also after a resume), require is a
+named outcome, handoff.checkpoint: best hands over the best evaluation's weights."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from rlpipe.jsonio import read_json
+from rlpipe.trainer.gates import BEST_DIR, first_stop
+from rlpipe.trainer.session import SessionTrainer
+
+from .test_trainer import assert_same_weights, policy_state
+from .trainer_utils import pipeline_raw, session_root
+
+BUDGET = 640  # evaluations at 128, 256, 384, 512 before the end
+
+
+def gated(**session: Any) -> dict[str, Any]:
+    raw = pipeline_raw(timesteps=BUDGET, eval={"every_steps": 128, "episodes": 1, "background": False})
+    raw["sessions"][0].update(session)
+    return raw
+
+
+def ungated_rewards(tmp_path: Path) -> list[tuple[int, float]]:
+    SessionTrainer(session_root(tmp_path / "ref", gated(), 0)).run()
+    evals = read_json(tmp_path / "ref" / "model" / "metrics.json")["evaluations"]
+    return [(e["timesteps"], e["mean_reward"]) for e in evals]
+
+
+def test_stop_when_ends_at_the_first_evaluation_that_meets_it(tmp_path: Path) -> None:
+    ref = ungated_rewards(tmp_path)
+    before_end = [r for r in ref if r[0] < BUDGET]
+    # The threshold the second-best mid-session evaluation reaches: the first step at or above it is known.
+    threshold = sorted(r for _, r in before_end)[-2]
+    expected = next(step for step, r in before_end if r >= threshold)
+    raw = gated(stop_when={"metric": "eval_mean_reward", "at_least": threshold})
+    result = SessionTrainer(session_root(tmp_path / "g", raw, 0)).run()
+    assert result.status == "completed" and result.timesteps == expected < BUDGET
+    out = read_json(tmp_path / "g" / "model" / "metrics.json")
+    assert out["stopped_early"] is True and out["stop_step"] == expected
+    assert out["stop_step"] % 128 == 0
+    # Same seed, same evaluations up to the stop: the gate changed nothing before it acted.
+    assert [(e["timesteps"], e["mean_reward"]) for e in out["evaluations"]] == [r for r in ref if r[0] <= expected]
+    assert read_json(tmp_path / "g" / "model" / "bundle.json")["timesteps"] == expected
+    assert (tmp_path / "g" / "checkpoints" / f"step-{expected:012d}").is_dir()
+
+
+def test_for_evals_counts_evaluations_in_a_row_and_a_resume_stops_at_the_same_step(tmp_path: Path) -> None:
+    raw = gated(stop_when={"metric": "eval_mean_reward", "at_least": -1e12, "for_evals": 3})
+    stop = threading.Event()
+
+    def progress(steps: int, budget: int) -> None:
+        if steps >= 200:  # a kill between the first and the second evaluation
+            stop.set()
+
+    paths = session_root(tmp_path, raw, 0)
+    first = SessionTrainer(paths, stop=stop, progress=progress).run()
+    assert first.status == "interrupted" and first.timesteps < 384
+    again = SessionTrainer(paths).run()
+    assert again.status == "completed" and again.timesteps == 384 and again.resumed_from == first.timesteps
+    out = read_json(tmp_path / "model" / "metrics.json")
+    assert (out["stopped_early"], out["stop_step"]) == (True, 384)
+    # Killed after the stop, before the bundle: the resumed session already met the condition and trains no step.
+    (tmp_path / "model" / "model.zip").unlink()
+    third = SessionTrainer(paths).run()
+    assert third.status == "completed" and third.timesteps == 384 and third.resumed_from == 384
+    assert read_json(tmp_path / "model" / "metrics.json")["stop_step"] == 384
+
+
+def test_first_stop_skips_the_step_zero_evaluation_of_a_warm_start() -> None:
+    raw = gated(stop_when={"metric": "best_eval_reward", "at_least": 5.0, "for_evals": 2})
+    from rlpipe.config import parse_pipeline
+
+    s = parse_pipeline(raw, check_envs=False).sessions[0]
+    history = [{"timesteps": 0, "mean_reward": 9.0}, {"timesteps": 128, "mean_reward": 1.0},
+               {"timesteps": 256, "mean_reward": 2.0}]
+    assert first_stop(s, history) is None  # 9 was the previous session's policy, before any training here
+    history[1]["mean_reward"] = 6.0
+    assert first_stop(s, history) == 256  # best 6 at 128 and still at 256: two evaluations in a row
+
+
+def test_failing_require_is_a_named_outcome(tmp_path: Path) -> None:
+    raw = gated(require={"metric": "final_eval_reward", "at_least": 1e9})
+    result = SessionTrainer(session_root(tmp_path, raw, 0)).run()
+    assert result.status == "completed"
+    out = read_json(tmp_path / "model" / "metrics.json")
+    gate = out["gate"]
+    assert gate["metric"] == "final_eval_reward" and gate["at_least"] == 1e9 and gate["passed"] is False
+    assert gate["value"] == out["final_eval_reward"]
+    passing = gated(require={"metric": "best_eval_reward", "at_least": -1e9})
+    SessionTrainer(session_root(tmp_path / "p", passing, 0)).run()
+    assert read_json(tmp_path / "p" / "model" / "metrics.json")["gate"]["passed"] is True
+
+
+def test_checkpoint_best_hands_over_the_best_evaluation(tmp_path: Path) -> None:
+    raw = gated(handoff={"checkpoint": "best"}, checkpoint={"every_steps": 128, "keep": 1})
+    SessionTrainer(session_root(tmp_path, raw, 0)).run()
+    out = read_json(tmp_path / "model" / "metrics.json")
+    evals = out["evaluations"]
+    best = max(evals, key=lambda e: e["mean_reward"])  # first of equal maxima, as the gate keeps it
+    best_step = next(e["timesteps"] for e in evals if e["mean_reward"] == best["mean_reward"])
+    meta = read_json(tmp_path / "model" / "bundle.json")
+    assert meta["checkpoint"] == {"kind": "best", "timesteps": best_step, "mean_reward": best["mean_reward"]}
+    kept = tmp_path / "checkpoints" / BEST_DIR
+    assert_same_weights(policy_state(tmp_path / "model" / "model.zip"), policy_state(kept / "model.zip"))
+    # keep: 1 rotated every other step-* away, the best stays.
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*")] == [f"step-{BUDGET:012d}"]
+    if best_step != BUDGET:
+        last = policy_state(tmp_path / "checkpoints" / f"step-{BUDGET:012d}" / "model.zip")
+        bundle = policy_state(tmp_path / "model" / "model.zip")
+        assert any(not (last[k] == bundle[k]).all() for k in last)
