@@ -48,6 +48,13 @@ class GateResult(BaseModel):
     value: float | None = None
     passed: bool
 
+    def describe(self, session: str) -> str:
+        """One line naming the gate, the value reached and the verdict."""
+        got = "no value" if self.value is None else f"{self.value:.6g}"
+        verdict = "passed" if self.passed else "failed"
+        return (f"session '{session}' {verdict} its require gate: {self.metric} {got}, required at least "
+                f"{self.at_least:g}")
+
 
 class SessionOutcome(BaseModel):
     """The trainer's ``metrics.json``: rewards, evaluations, timing and what a warm start really carried.

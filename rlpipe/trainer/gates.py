@@ -92,13 +92,6 @@ def check_require(session: SessionConfig, outcome: SessionOutcome) -> GateResult
     return GateResult(metric=req.metric, at_least=req.at_least, value=value, passed=_holds(value, req.at_least))
 
 
-def describe_gate(session: str, gate: GateResult) -> str:
-    """One line naming a failed (or passed) ``require`` gate."""
-    got = "no value" if gate.value is None else f"{gate.value:.6g}"
-    verdict = "passed" if gate.passed else "failed"
-    return f"session '{session}' {verdict} its require gate: {gate.metric} {got}, required at least {gate.at_least:g}"
-
-
 class SessionGates:
     """The gates of one session run: decides a stop from the evaluations, keeps the best checkpoint, and
     adds the gate fields to the outcome."""
@@ -181,7 +174,7 @@ class SessionGates:
                                           "notes": notes})
         gate = check_require(self.session, done)
         if gate is not None and not gate.passed:
-            log.warning("%s", describe_gate(self.session.name, gate))
+            log.warning("%s", gate.describe(self.session.name))
         return done.model_copy(update={"gate": gate})
 
     def hand_over_best(self, bundle_dir: Path) -> None:
