@@ -62,7 +62,8 @@ def schema() -> None:
 @app.command()
 def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Show what a pipeline will do: handoffs, warm-pool reuse on AWS and an estimated cost."""
-    p = build_plan(_load(config))
+    pipeline = _load(config)
+    p = build_plan(pipeline)
     if as_json:
         print(json.dumps(p.to_dict(), indent=2))
         _refuse_over_ceiling(p)
@@ -96,7 +97,24 @@ def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help
             console.print(f"{s.name}: cold start ({s.reuse_reason})", highlight=False)
         for note in s.notes:
             console.print(f"[yellow]note[/] {s.name}: {note}", highlight=False)
+    for cfg in pipeline.sessions:
+        gates = _gate_words(cfg)
+        if gates:
+            console.print(f"{cfg.name}: {gates}", highlight=False)
     _refuse_over_ceiling(p)
+
+
+def _gate_words(cfg) -> str:  # type: ignore[no-untyped-def]
+    """A session's gates in words, for the plan."""
+    parts = []
+    if cfg.stop_when is not None:
+        w = cfg.stop_when
+        parts.append(f"stops early once {w.metric} >= {w.at_least:g} for {w.for_evals} evaluation(s) in a row")
+    if cfg.require is not None:
+        parts.append(f"requires {cfg.require.metric} >= {cfg.require.at_least:g} (below: its lineage ends there)")
+    if cfg.handoff.checkpoint == "best":
+        parts.append("hands over the checkpoint of its best evaluation")
+    return "; ".join(parts)
 
 
 class _ProgressHooks:

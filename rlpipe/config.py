@@ -177,6 +177,7 @@ class SessionSettings(_Strict):
     compute: Compute = Compute()
     stop_when: StopWhen | None = None
     require: Require | None = None
+    handoff: Handoff = Handoff()
 
     @field_validator("hyperparameters")
     @classmethod
@@ -209,7 +210,6 @@ class SessionConfig(SessionSettings):
     env: str = Field(min_length=1)
     timesteps: int = Field(gt=0, le=MAX_TIMESTEPS)
     use_previous_checkpoint: bool = False
-    handoff: Handoff = Handoff()
     n_envs: int = Field(None, ge=1, le=256,  # type: ignore[assignment]  # resolved by _default_n_envs
                         description="default: 4 on-policy, 1 off-policy")
 

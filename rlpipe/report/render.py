@@ -92,10 +92,26 @@ _AWS_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
 ]
 
 
+def fmt_gates(s: dict[str, Any]) -> str:
+    """What a session's gates did: where ``stop_when`` ended it, and the ``require`` verdict."""
+    parts = []
+    if s.get("stopped_early"):
+        parts.append(f"stopped early at {fmt_int(s.get('stop_step'))}")
+    gate = s.get("gate")
+    if gate:
+        value = "no value" if gate.get("value") is None else fmt_reward(gate["value"])
+        parts.append(f"require {gate['metric']} {value} >= {gate['at_least']:g}: "
+                     f"{'passed' if gate['passed'] else 'FAILED'}")
+    return "; ".join(parts) or "—"
+
+
 def session_columns(report: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
-    """The session table's columns for ``report``: the base ones plus each AWS column some session has."""
+    """The session table's columns for ``report``: the base ones, gates when some session has one, and each
+    AWS column some session has."""
     sessions = report.get("sessions") or []
     columns = list(_BASE_COLUMNS)
+    if any(s.get("stopped_early") or s.get("gate") for s in sessions):
+        columns.append(("Gates", fmt_gates))
     for header, key, fmt in _AWS_COLUMNS:
         if any(s.get(key) is not None for s in sessions):
             columns.append((header, lambda s, key=key, fmt=fmt: fmt(s.get(key))))
