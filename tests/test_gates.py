@@ -111,3 +111,23 @@ def test_checkpoint_best_hands_over_the_best_evaluation(tmp_path: Path) -> None:
         last = policy_state(tmp_path / "checkpoints" / f"step-{BUDGET:012d}" / "model.zip")
         bundle = policy_state(tmp_path / "model" / "model.zip")
         assert any(not (last[k] == bundle[k]).all() for k in last)
+
+
+def test_runner_records_gates_in_state_and_report(tmp_path: Path) -> None:
+    from rlpipe.config import parse_pipeline
+    from rlpipe.runner import LocalRunner
+
+    raw = gated(stop_when={"metric": "eval_mean_reward", "at_least": -1e12, "for_evals": 2},
+                require={"metric": "best_eval_reward", "at_least": -1e12})
+    state = LocalRunner(parse_pipeline(raw), tmp_path / "run").run()
+    assert state.status == "succeeded"
+    stand = state.sessions[0]
+    assert (stand.stopped_early, stand.stop_step, stand.timesteps) == (True, 256, 256)
+    assert stand.gate is not None and stand.gate.passed
+    report = read_json(tmp_path / "run" / "report.json")
+    entry = report["sessions"][0]
+    assert (entry["stopped_early"], entry["stop_step"]) == (True, 256)
+    assert entry["gate"] == {"metric": "best_eval_reward", "at_least": -1e12, "value": stand.best_eval_reward,
+                             "passed": True}
+    assert report["sessions"][1]["stopped_early"] is False and report["sessions"][1]["gate"] is None
+    assert "stopped early at 256" in (tmp_path / "run" / "report.html").read_text()
