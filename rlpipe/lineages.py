@@ -29,16 +29,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlpipe.config import PipelineConfig
+from rlpipe.config import PipelineConfig, parse_pipeline
 from rlpipe.contract import COMMAND_FILE, REPORT_FILES, RESOLVED_FILE, STATE_FILE
 from rlpipe.jsonio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from rlpipe.runner import RunDirError, load_state
+from rlpipe.state import RunState
 
 log = logging.getLogger("rlpipe.lineages")
 
 LINEAGES_FILE = "lineages.json"
 POLL_SECONDS = 0.5
 EXIT_INTERRUPTED = 143
+NOT_STARTED = "not_started"
 
 
 def lineage_dir(out_dir: Path, seed: int) -> Path:
@@ -52,7 +54,7 @@ class Lineage:
 
     seed: int
     directory: Path
-    status: str = "pending"  # pending | running | succeeded | failed | interrupted | skipped
+    status: str = NOT_STARTED  # not_started | running | succeeded | failed | interrupted
     error: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -159,7 +161,7 @@ class LineageRunner:
         for lin in self.lineages:
             why = lin.settled()
             if why is not None:
-                lin.status = "skipped"
+                lin.status, lin.error = ("succeeded", None) if why == "succeeded" else ("failed", why)
                 self._say(f"lineage seed {lin.seed}: {why}; not run again")
             else:
                 queue.append(lin)
@@ -208,16 +210,19 @@ def write_multi_seed_report(out_dir: Path) -> dict[str, Path]:
     from rlpipe.report.render import render_html, render_markdown
 
     record = read_json(out_dir / LINEAGES_FILE)
+    pipeline = parse_pipeline(read_json(out_dir / RESOLVED_FILE), source=str(out_dir / RESOLVED_FILE),
+                              check_envs=False)
     lineages = []
     for seed in record["seeds"]:
         directory = lineage_dir(out_dir, seed)
         state = load_state(directory)
-        if state is None:
-            continue  # not started yet
+        if state is None:  # not started (stopped before its turn, or fail_fast): every session pending
+            lineage = pipeline.lineage(seed)
+            pending = build_report(RunState.new(lineage, run_id=f"{record['run_id']}-seed-{seed}"))
+            lineages.append((seed, {**pending, "status": NOT_STARTED}))
+            continue
         outcomes = {s.name: read_session_outcome(directory, s.name) for s in state.sessions}
         lineages.append((seed, build_report(state, outcomes)))
-    if not lineages:
-        return {}
     report = multi_seed_report(record["pipeline"], record["run_id"], lineages, int(record.get("parallel", 1)))
     png: bytes | None = None
     written: dict[str, Path] = {}

@@ -121,3 +121,19 @@ def test_ctrl_c_stops_every_lineage_and_resume_finishes_them(tmp_path: Path, tin
         state = read_json(out / f"seed-{seed}" / "state.json")
         assert state["status"] == "succeeded"
         assert state["sessions"][0]["resumed_from_timesteps"] == done[seed]
+
+
+def test_fail_fast_starts_no_further_lineage(tmp_path: Path, tiny_raw: dict[str, Any]) -> None:
+    tiny_raw.update(seeds=[0, 1], parallel=1, fail_fast=True)
+    tiny_raw["sessions"][0]["require"] = {"metric": "final_eval_reward", "at_least": 1e9}
+    config = write_config(tmp_path, tiny_raw)
+    out = tmp_path / "run"
+    done = subprocess.run([*RLPIPE, "run", str(config), "--output", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1, done.stderr
+    assert "fail_fast: lineage seed 0 failed" in done.stdout
+    assert not (out / "seed-1").exists()
+    report = read_json(out / "report.json")
+    assert report["seeds"] == [0, 1] and report["status"] == "failed"
+    assert [(lin["seed"], lin["status"]) for lin in report["lineages"]] == [(0, "failed"), (1, "not_started")]
+    assert [s["status"] for s in report["lineages"][1]["sessions"]] == ["pending", "pending"]

@@ -107,7 +107,8 @@ def multi_seed_report(pipeline: str, run_id: str, lineages: list[tuple[int, dict
     reports = [{"seed": seed, **rep} for seed, rep in lineages]
     statuses = [r["status"] for r in reports]
     status = ("interrupted" if "interrupted" in statuses else "running" if "running" in statuses
-              else "failed" if "failed" in statuses else "succeeded")
+              else "failed" if "failed" in statuses else "interrupted" if "not_started" in statuses
+              else "succeeded")
     first = reports[0]
     report = {k: v for k, v in first.items() if k not in ("seed", "lineages")}
     failures = [{"seed": r["seed"], **f} for r in reports for f in r.get("failures", [])]
