@@ -19,6 +19,7 @@ SIGTERM: a lineage checkpoints and exits as it would under SageMaker's stop.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -157,6 +158,10 @@ class LineageRunner:
         write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
         with open(self.out_dir / COMMAND_FILE, "a") as fh:
             fh.write(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n")
+        cores = os.cpu_count() or 1
+        if self.pipeline.parallel > cores:
+            self._say(f"note: parallel {self.pipeline.parallel} exceeds this machine's {cores} core(s); the "
+                      "lineages share them and each trains slower")
         queue = []
         for lin in self.lineages:
             why = lin.settled()
