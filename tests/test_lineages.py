@@ -94,8 +94,8 @@ def test_failed_require_ends_the_lineage_and_resume_does_not_rerun_it(tmp_path: 
 
 def test_ctrl_c_stops_every_lineage_and_resume_finishes_them(tmp_path: Path, tiny_raw: dict[str, Any]) -> None:
     tiny_raw.update(seeds=[0, 1], parallel=2)
-    tiny_raw["sessions"][0]["timesteps"] = 6000
-    tiny_raw["defaults"]["eval"]["every_steps"] = 3000
+    tiny_raw["sessions"][0]["timesteps"] = 3000
+    tiny_raw["defaults"]["eval"]["every_steps"] = 1500
     config = write_config(tmp_path, tiny_raw)
     out = tmp_path / "run"
     proc = subprocess.Popen([*RLPIPE, "run", str(config), "--output", str(out)], stdout=subprocess.PIPE,
@@ -113,7 +113,7 @@ def test_ctrl_c_stops_every_lineage_and_resume_finishes_them(tmp_path: Path, tin
         state = read_json(out / f"seed-{seed}" / "state.json")
         assert state["status"] == "interrupted", state
         done[seed] = state["sessions"][0]["timesteps"]
-        assert 0 < done[seed] < 6000
+        assert 0 < done[seed] < 3000
     resumed = subprocess.run([*RLPIPE, "run", str(config), "--output", str(out), "--resume"], capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
