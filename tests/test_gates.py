@@ -107,10 +107,44 @@ def test_checkpoint_best_hands_over_the_best_evaluation(tmp_path: Path) -> None:
     assert_same_weights(policy_state(tmp_path / "model" / "model.zip"), policy_state(kept / "model.zip"))
     # keep: 1 rotated every other step-* away, the best stays.
     assert [p.name for p in (tmp_path / "checkpoints").glob("step-*")] == [f"step-{BUDGET:012d}"]
-    if best_step != BUDGET:
-        last = policy_state(tmp_path / "checkpoints" / f"step-{BUDGET:012d}" / "model.zip")
-        bundle = policy_state(tmp_path / "model" / "model.zip")
-        assert any(not (last[k] == bundle[k]).all() for k in last)
+    assert any(n.startswith(f"hands over the checkpoint of its best evaluation ({best_step} steps")
+               for n in out["notes"])
+
+
+def test_best_checkpoint_is_the_best_evaluation_not_the_last(tmp_path: Path) -> None:
+    """The gate keeps the state written at the best evaluation and puts it in the bundle in place of the last."""
+    from rlpipe.config import parse_pipeline
+    from rlpipe.jsonio import write_json_atomic
+    from rlpipe.outcome import SessionOutcome
+    from rlpipe.trainer.gates import SessionGates
+
+    session = parse_pipeline(gated(handoff={"checkpoint": "best"}), check_envs=False).sessions[0]
+    current = {"step": 0}
+
+    def save_state(into: Path) -> None:  # stands for the model's files at the current step
+        for name in ("model.zip", "vecnormalize.pkl"):
+            (into / name).write_text(f"{name} at {current['step']}")
+
+    gates = SessionGates(session, tmp_path / "checkpoints", save_state)
+    history: list[dict[str, Any]] = []
+    for step, reward in ((128, 1.0), (256, 3.0), (384, 2.0), (512, 3.0), (640, 0.5)):
+        current["step"] = step
+        history.append({"timesteps": step, "mean_reward": reward})
+        gates.after_evaluation(step, history)
+    bundle = tmp_path / "model"
+    bundle.mkdir()
+    save_state(bundle)  # the bundle as written at the end: the last step's state
+    write_json_atomic(bundle / "bundle.json", {"timesteps": 640})
+    gates.hand_over_best(bundle)
+    assert (bundle / "model.zip").read_text() == "model.zip at 256"  # the first of the equal best rewards
+    assert (bundle / "vecnormalize.pkl").read_text() == "vecnormalize.pkl at 256"
+    assert read_json(bundle / "bundle.json")["checkpoint"] == {"kind": "best", "timesteps": 256, "mean_reward": 3.0}
+    done = gates.conclude(SessionOutcome(session="stand"))
+    assert "hands over the checkpoint of its best evaluation (256 steps, reward 3)" in done.notes
+    # A resume from a checkpoint before the best step drops it: that stretch is trained again.
+    again = SessionGates(session, tmp_path / "checkpoints", save_state)
+    again.restore(history[:1], resumed_at=128)
+    assert not (tmp_path / "checkpoints" / BEST_DIR).exists()
 
 
 def test_runner_records_gates_in_state_and_report(tmp_path: Path) -> None:
