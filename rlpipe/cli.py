@@ -16,7 +16,7 @@ from rich.table import Table
 
 from rlpipe.config import ConfigError, PipelineConfig, json_schema, load_pipeline
 from rlpipe.contract import STATE_FILE
-from rlpipe.plan import build_plan
+from rlpipe.plan import CostCeilingError, Plan, build_plan, check_cost_ceiling
 
 app = typer.Typer(help="Curricula of stable-baselines3 sessions on MuJoCo, locally and on SageMaker.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -25,6 +25,15 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigArg = Annotated[Path, typer.Argument(help="pipeline YAML file", show_default=False)]
+
+
+def _refuse_over_ceiling(p: Plan) -> None:
+    """Exit 2 with a named error when the estimate for all seeds exceeds ``max_cost_usd``."""
+    try:
+        check_cost_ceiling(p)
+    except CostCeilingError as exc:
+        err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _load(config: Path) -> PipelineConfig:
@@ -53,9 +62,11 @@ def schema() -> None:
 @app.command()
 def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Show what a pipeline will do: handoffs, warm-pool reuse on AWS and an estimated cost."""
-    p = build_plan(_load(config))
+    pipeline = _load(config)
+    p = build_plan(pipeline)
     if as_json:
         print(json.dumps(p.to_dict(), indent=2))
+        _refuse_over_ceiling(p)
         return
     table = Table(title=f"{p.pipeline}: {len(p.sessions)} session(s)")
     for col in ("#", "session", "env", "algo", "timesteps", "from", "instance", "spot", "pool",
@@ -71,13 +82,39 @@ def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help
                       f"{s.estimated_cost_usd:.3f}" if s.estimated_cost_usd is not None else "n/a")
     console.print(table)
     total = f"${p.estimated_cost_usd:.2f}" if p.estimated_cost_usd is not None else "n/a"
-    console.print(f"estimated AWS cost {total} (prices: {p.price_region}, recorded {p.price_recorded}; "
-                  "see rlpipe/data/prices.json)")
+    console.print(f"estimated AWS cost {total} per lineage (prices: {p.price_region}, recorded "
+                  f"{p.price_recorded}; see rlpipe/data/prices.json)")
+    if len(p.seeds) > 1 or p.max_cost_usd is not None:
+        waves = "; then ".join(", ".join(f"seed {x}" for x in wave) for wave in p.waves())
+        console.print(f"lineages: {len(p.seeds)} (seeds {', '.join(map(str, p.seeds))}), {p.parallel} at once: "
+                      f"{waves}", highlight=False)
+        all_seeds = (f"${p.estimated_cost_all_seeds_usd:.2f}" if p.estimated_cost_all_seeds_usd is not None
+                     else "n/a")
+        ceiling = f" (max_cost_usd ${p.max_cost_usd:.2f})" if p.max_cost_usd is not None else ""
+        console.print(f"estimated AWS cost for all lineages {all_seeds}{ceiling}", highlight=False)
     for s in p.sessions:
         if s.index and not s.reuses_previous_pool:
             console.print(f"{s.name}: cold start ({s.reuse_reason})", highlight=False)
         for note in s.notes:
             console.print(f"[yellow]note[/] {s.name}: {note}", highlight=False)
+    for cfg in pipeline.sessions:
+        gates = _gate_words(cfg)
+        if gates:
+            console.print(f"{cfg.name}: {gates}", highlight=False)
+    _refuse_over_ceiling(p)
+
+
+def _gate_words(cfg) -> str:  # type: ignore[no-untyped-def]
+    """A session's gates in words, for the plan."""
+    parts = []
+    if cfg.stop_when is not None:
+        w = cfg.stop_when
+        parts.append(f"stops early once {w.metric} >= {w.at_least:g} for {w.for_evals} evaluation(s) in a row")
+    if cfg.require is not None:
+        parts.append(f"requires {cfg.require.metric} >= {cfg.require.at_least:g} (below: its lineage ends there)")
+    if cfg.handoff.checkpoint == "best":
+        parts.append("hands over the checkpoint of its best evaluation")
+    return "; ".join(parts)
 
 
 class _ProgressHooks:
@@ -120,15 +157,31 @@ class _ProgressHooks:
 def run(config: ConfigArg,
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory "
                                                        "(default: runs/<pipeline name>)")] = None,
-        resume: Annotated[bool, typer.Option("--resume", help="skip completed sessions, continue the "
-                                             "interrupted one from its newest checkpoint")] = False) -> None:
-    """Run a pipeline locally, session after session, each warm-started as configured."""
+        resume: Annotated[bool, typer.Option("--resume", help="skip completed sessions (and settled lineages), "
+                                             "continue the interrupted ones from their newest checkpoint")] = False,
+        lineage: Annotated[Optional[int], typer.Option("--lineage", hidden=True,
+                                                       help="run only this seed's lineage into --output")] = None,
+        ) -> None:
+    """Run a pipeline locally, session after session, each warm-started as configured; with several seeds,
+    one lineage per seed, `parallel` at a time."""
     from rlpipe.runner import LocalRunner, RunDirError, SessionHooks, default_output
     from rlpipe.trainer.entrypoint import EXIT_INTERRUPTED, install_stop_handlers
 
     pipeline = _load(config)
+    seeds = pipeline.seed_list()
+    if lineage is None:
+        _refuse_over_ceiling(build_plan(pipeline))
+    elif lineage not in seeds:
+        err.print(f"[bold red]error[/]: --lineage {lineage}: not one of the config's seeds "
+                  f"({', '.join(map(str, seeds))})", highlight=False)
+        raise typer.Exit(2)
     out = output or default_output(pipeline)
     stop = threading.Event()
+    if lineage is None and len(seeds) > 1:
+        _run_lineages(pipeline, config, out, output, resume, stop)
+        return
+    if lineage is not None or pipeline.seeds:
+        pipeline = pipeline.lineage(seeds[0] if lineage is None else lineage)
     try:
         runner_ = LocalRunner(pipeline, out, resume=resume, stop=stop)
     except RunDirError as exc:
@@ -156,6 +209,39 @@ def run(config: ConfigArg,
     if state.status == "interrupted":
         err.print(f"stopped; continue with: rlpipe run {config} --resume" + (f" --output {output}" if output else ""))
         raise typer.Exit(EXIT_INTERRUPTED)
+    if state.status == "failed" and state.failed_gate() is not None:
+        err.print(f"[bold red]lineage ended[/]: {state.error}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _run_lineages(pipeline: PipelineConfig, config: Path, out: Path, output: Optional[Path], resume: bool,
+                  stop: threading.Event) -> None:
+    """Several seeds: one process per lineage, ``parallel`` at a time; a summary table at the end."""
+    from rlpipe.lineages import LineageRunner
+    from rlpipe.runner import RunDirError
+    from rlpipe.trainer.entrypoint import EXIT_INTERRUPTED, install_stop_handlers
+
+    try:
+        driver = LineageRunner(pipeline, config, out, resume=resume, stop=stop)
+    except RunDirError as exc:
+        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_stop_handlers(stop)
+    lineages = driver.run()
+    table = Table(title=f"{pipeline.name}: {len(lineages)} lineage(s)")
+    for col in ("seed", "status", "error"):
+        table.add_column(col)
+    for lin in lineages:
+        table.add_row(str(lin.seed), lin.status, lin.error or "-")
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}")
+    statuses = {lin.status for lin in lineages}
+    if "interrupted" in statuses:
+        err.print(f"stopped; continue with: rlpipe run {config} --resume" + (f" --output {output}" if output else ""))
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if "failed" in statuses:
+        raise typer.Exit(1)
 
 
 def _summary(state, out: Path) -> None:  # type: ignore[no-untyped-def]
@@ -178,10 +264,15 @@ def report(run_dir: Annotated[Path, typer.Argument(help="local run directory")])
     """Rebuild report.json / report.md / report.html of a local run."""
     from rlpipe.report.local import write_local_report
 
-    if not (run_dir / STATE_FILE).exists():
+    from rlpipe.lineages import is_multi_seed_run, write_multi_seed_report
+
+    if is_multi_seed_run(run_dir):
+        written = write_multi_seed_report(run_dir)
+    elif not (run_dir / STATE_FILE).exists():
         err.print(f"[bold red]error[/]: {run_dir} holds no state.json (not a run directory)", highlight=False)
         raise typer.Exit(2)
-    written = write_local_report(run_dir)
+    else:
+        written = write_local_report(run_dir)
     for path in written.values():
         console.print(str(path))
 

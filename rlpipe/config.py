@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from rlpipe import hyperparameters as hp_specs
 from rlpipe import yamlsafe
 from rlpipe.algorithms import ALGORITHMS
+from rlpipe.contract import METRIC_NAMES
 
 # Session names become parts of SageMaker job names ([a-zA-Z0-9](-*[a-zA-Z0-9])*, <= 63 chars) together with
 # a run id and an attempt number; session and pipeline names become parts of S3 keys: keep them short and plain.
@@ -114,11 +115,59 @@ CarryOrReset = Literal["carry", "reset"]
 
 
 class Handoff(_Strict):
-    """What a warm-started session takes over from the previous session's bundle (the policy always)."""
+    """What a warm-started session takes over from the previous session's bundle (the policy always), and
+    which of its own checkpoints a session hands over (``checkpoint``)."""
 
     optimizer: CarryOrReset = "carry"
     vecnormalize: CarryOrReset = "carry"
     replay_buffer: CarryOrReset = "reset"
+    checkpoint: Literal["last", "best"] = Field("last", description="what this session's bundle holds (what the "
+                                                "next session takes over): the last step, or the checkpoint of "
+                                                "its best evaluation")
+
+
+# Gate metrics. ``stop_when`` reads the values each evaluation prints (the metric line, contract.METRIC_NAMES);
+# ``require`` reads the session's outcome when it ends: its final and best evaluation rewards, or any of the
+# evaluation metrics at the last evaluation.
+EVAL_METRICS = tuple(n for n in METRIC_NAMES if n not in ("fps", "timesteps", "global_timesteps"))
+OUTCOME_METRICS = ("final_eval_reward", "best_eval_reward")
+STOP_METRICS = EVAL_METRICS
+REQUIRE_METRICS = OUTCOME_METRICS + tuple(n for n in EVAL_METRICS if n not in OUTCOME_METRICS)
+
+
+def _metric_in(valid: tuple[str, ...], metric: str) -> str:
+    if metric not in valid:
+        close = difflib.get_close_matches(metric, list(valid), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"unknown metric '{metric}'; {hint}valid: {', '.join(valid)}")
+    return metric
+
+
+class StopWhen(_Strict):
+    """End the session early at the first evaluation where ``metric >= at_least`` has held for ``for_evals``
+    evaluations in a row; a checkpoint is written at that step and the session counts as completed."""
+
+    metric: str = Field(description="one of " + ", ".join(STOP_METRICS))
+    at_least: float
+    for_evals: int = Field(1, ge=1, le=1000)
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, metric: str) -> str:
+        return _metric_in(STOP_METRICS, metric)
+
+
+class Require(_Strict):
+    """Checked when the session ends: below ``at_least`` the lineage fails here (a named outcome, not a crash)
+    and no later session runs."""
+
+    metric: str = Field(description="one of " + ", ".join(REQUIRE_METRICS))
+    at_least: float
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, metric: str) -> str:
+        return _metric_in(REQUIRE_METRICS, metric)
 
 
 class SessionSettings(_Strict):
@@ -139,6 +188,9 @@ class SessionSettings(_Strict):
     eval: EvalSettings = EvalSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     compute: Compute = Compute()
+    stop_when: StopWhen | None = None
+    require: Require | None = None
+    handoff: Handoff = Handoff()
 
     @field_validator("hyperparameters")
     @classmethod
@@ -171,7 +223,6 @@ class SessionConfig(SessionSettings):
     env: str = Field(min_length=1)
     timesteps: int = Field(gt=0, le=MAX_TIMESTEPS)
     use_previous_checkpoint: bool = False
-    handoff: Handoff = Handoff()
     n_envs: int = Field(None, ge=1, le=256,  # type: ignore[assignment]  # resolved by _default_n_envs
                         description="default: 4 on-policy, 1 off-policy")
 
@@ -193,13 +244,59 @@ class SessionConfig(SessionSettings):
             nearest = max(n_envs, round(timesteps / n_envs) * n_envs)
             raise ValueError(f"must be a multiple of n_envs ({n_envs}), e.g. {nearest}")
         return timesteps
+        before_end = (timesteps - 1) // ev.every_steps  # evaluations before the budget's end
+        if before_end == 0:
+            raise ValueError(f"the session never evaluates before its end (eval.every_steps {ev.every_steps} >= "
+                             f"timesteps {timesteps}): lower eval.every_steps or drop stop_when")
+        if stop.for_evals > before_end:
+            raise ValueError(f"for_evals {stop.for_evals} can never hold before the end: the session evaluates "
+                             f"{before_end} time(s) before its budget (every {ev.every_steps} of {timesteps} "
+                             "steps)")
+        return stop
 
 
-class PipelineConfig(_Strict):
-    """A validated pipeline: its name and its resolved sessions in order."""
+MAX_SEEDS = 100
+
+
+class RunSettings(_Strict):
+    """Top-level settings of a run: its lineages (one whole curriculum per seed) and its limits."""
+
+    seeds: list[int] | None = Field(None, min_length=1, max_length=MAX_SEEDS,
+                                    description="one lineage per seed; default: [defaults.seed]")
+    parallel: int = Field(1, ge=1, le=MAX_SEEDS, description="how many lineages run at once")
+    max_cost_usd: float | None = Field(None, gt=0, description="refuse to start when the plan's estimate for "
+                                       "all seeds exceeds it")
+    fail_fast: bool = Field(False, description="stop the other lineages when one fails")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is None:
+            return None
+        bad = [s for s in seeds if not 0 <= s <= 2**31 - 1]
+        if bad:
+            raise ValueError(f"seeds must be integers from 0 to {2**31 - 1}; got {bad[0]}")
+        dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dupes:
+            raise ValueError(f"each seed once; repeated: {', '.join(map(str, dupes))}")
+        return seeds
+
+
+class PipelineConfig(RunSettings):
+    """A validated pipeline: its name, its resolved sessions in order and its run settings."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=PIPELINE_NAME_MAX)
     sessions: list[SessionConfig] = Field(min_length=1)
+
+    def seed_list(self) -> list[int]:
+        """The lineages' seeds: ``seeds``, else the first session's seed (``defaults.seed``)."""
+        return list(self.seeds) if self.seeds else [self.sessions[0].seed]
+
+    def lineage(self, seed: int) -> PipelineConfig:
+        """The curriculum of one lineage: every session seeded with ``seed``, as a single-seed run."""
+        sessions = [s.model_copy(update={"seed": seed}) for s in self.sessions]
+        return PipelineConfig(name=self.name, sessions=sessions, seeds=None, parallel=1,
+                              max_cost_usd=self.max_cost_usd)
 
     def resolved(self) -> dict[str, Any]:
         """Plain JSON form with defaults applied and includes inlined: what runs and what is uploaded."""
@@ -233,7 +330,7 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
 
 
-_TOP_KEYS = {"name", "defaults", "sessions"}
+_TOP_KEYS = {"name", "defaults", "sessions"} | set(RunSettings.model_fields)
 # A session's own fields (not settings ``defaults`` may give), and ``config``: the include of its settings.
 _SESSION_ONLY_KEYS = (set(SessionConfig.model_fields) - set(SessionSettings.model_fields)) | {"config"}
 
@@ -343,7 +440,7 @@ def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config
     for key in sorted(set(raw) - _TOP_KEYS):
         close = difflib.get_close_matches(key, sorted(_TOP_KEYS), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        problems.append(Problem(key, f"unknown key; {hint}valid keys: defaults, name, sessions"))
+        problems.append(Problem(key, f"unknown key; {hint}valid keys: {', '.join(sorted(_TOP_KEYS))}"))
     name = raw.get("name")
     name_err = None
     try:
@@ -351,6 +448,18 @@ def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config
     except ValidationError as exc:
         name_err = [p for p in _problems_from(exc, PipelineConfig, None) if p.field == "name"]
     problems.extend(name_err or [])
+    run_raw = {k: raw[k] for k in RunSettings.model_fields if k in raw}
+    run_settings = RunSettings()
+    try:
+        run_settings = RunSettings.model_validate(run_raw)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, RunSettings, None))
+    else:
+        n_seeds = len(run_settings.seeds or [0])
+        if run_settings.parallel > n_seeds:
+            problems.append(Problem("parallel", f"{run_settings.parallel} lineages at once, but there "
+                                    f"{'is' if n_seeds == 1 else 'are'} only {n_seeds} seed(s); "
+                                    f"set parallel to at most {n_seeds} or list more seeds"))
 
     defaults = raw.get("defaults") or {}
     failed_in_defaults: set[str] = set()
@@ -400,6 +509,7 @@ def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config
         seen.setdefault(label, index)
         try:
             sessions.append(SessionConfig.model_validate(merged))
+            problems.extend(gate_problems(sessions[-1]))
         except ValidationError as exc:
             for p in _problems_from(exc, SessionConfig, label):
                 # Problems in values inherited from defaults were reported once under defaults already.
@@ -414,8 +524,25 @@ def parse_pipeline(raw: Any, base_dir: Path | None = None, source: str = "config
         partial = PipelineConfig.model_construct(name=name if complete else "", sessions=sessions)
         problems.extend(check_transfers(partial, check_envs=check_envs, positions=_positions(raw_sessions)))
         if complete and not problems:
-            return PipelineConfig(name=name, sessions=sessions)
+            return PipelineConfig(name=name, sessions=sessions, **run_settings.model_dump(exclude_unset=True))
     raise ConfigError(problems, source)
+
+
+def gate_problems(s: SessionConfig) -> list[Problem]:
+    """Gates that could never act: ``stop_when`` needs evaluations before the session's budget ends."""
+    stop = s.stop_when
+    if stop is None:
+        return []
+    before_end = (s.timesteps - 1) // s.eval.every_steps  # evaluations before the budget's end
+    if before_end == 0:
+        return [Problem("stop_when", f"the session never evaluates before its end (eval.every_steps "
+                        f"{s.eval.every_steps} >= timesteps {s.timesteps}): lower eval.every_steps or drop "
+                        "stop_when", s.name)]
+    if stop.for_evals > before_end:
+        return [Problem("stop_when.for_evals", f"{stop.for_evals} evaluations in a row can never happen before "
+                        f"the end: the session evaluates {before_end} time(s) before its budget (every "
+                        f"{s.eval.every_steps} of {s.timesteps} steps)", s.name)]
+    return []
 
 
 def _positions(raw_sessions: list[Any]) -> dict[str, int]:
@@ -521,6 +648,7 @@ def json_schema() -> dict[str, Any]:
     session = SessionConfig.model_json_schema()
     session.setdefault("properties", {})["config"] = {
         "type": "string", "description": "YAML file of session settings, relative to the pipeline file"}
+    run = RunSettings.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rlpipe pipeline",
@@ -529,6 +657,7 @@ def json_schema() -> dict[str, Any]:
         "required": ["name", "sessions"],
         "properties": {
             "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": PIPELINE_NAME_MAX},
+            **run["properties"],
             "defaults": SessionSettings.model_json_schema(),
             "sessions": {"type": "array", "minItems": 1, "items": session},
         },

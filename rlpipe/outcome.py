@@ -62,6 +62,25 @@ class VideoOutcome(BaseModel):
     render_seconds: float | None = None
 
 
+class GateResult(BaseModel):
+    """A session's ``require`` gate as checked when it ended: the metric, its threshold, the value it reached
+    (None when the session recorded no such value: the gate then fails) and whether it passed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    metric: str
+    at_least: float
+    value: float | None = None
+    passed: bool
+
+    def describe(self, session: str) -> str:
+        """One line naming the gate, the value reached and the verdict."""
+        got = "no value" if self.value is None else f"{self.value:.6g}"
+        verdict = "passed" if self.passed else "failed"
+        return (f"session '{session}' {verdict} its require gate: {self.metric} {got}, required at least "
+                f"{self.at_least:g}")
+
+
 class SessionOutcome(BaseModel):
     """The trainer's ``metrics.json``: rewards, evaluations, timing and what a warm start really carried.
 
@@ -85,6 +104,11 @@ class SessionOutcome(BaseModel):
     notes: list[str] = Field(default_factory=list)
     handoff_from: str | None = None
     video: VideoOutcome | None = None
+    # Gates: a ``stop_when`` that ended the session before its budget (at ``stop_step``), and the ``require``
+    # check at its end (None without one).
+    stopped_early: bool = False
+    stop_step: int | None = None
+    gate: GateResult | None = None
 
     @field_validator("evaluations", mode="before")
     @classmethod

@@ -71,9 +71,17 @@ class Plan:
 
     pipeline: str
     sessions: list[PlannedSession]
-    estimated_cost_usd: float | None
+    estimated_cost_usd: float | None  # one lineage
     price_region: str
     price_recorded: str
+    seeds: list[int] = field(default_factory=lambda: [0])
+    parallel: int = 1
+    estimated_cost_all_seeds_usd: float | None = None
+    max_cost_usd: float | None = None
+
+    def waves(self) -> list[list[int]]:
+        """The seeds in the groups that run at once (``parallel`` lineages at a time, in seed order)."""
+        return [self.seeds[i:i + self.parallel] for i in range(0, len(self.seeds), self.parallel)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -148,6 +156,46 @@ def build_plan(pipeline: PipelineConfig) -> Plan:
             keep_alive_seconds=s.compute.warm_pool.keep_alive_seconds if next_reuses else 0,
             estimated_train_seconds=round(train_s, 1),
             estimated_cost_usd=round(cost, 4) if cost is not None else None, notes=notes))
+    seeds = pipeline.seed_list()
     return Plan(pipeline=pipeline.name, sessions=sessions,
                 estimated_cost_usd=round(total, 4) if total is not None else None,
-                price_region=prices["region"], price_recorded=prices["recorded"])
+                price_region=prices["region"], price_recorded=prices["recorded"], seeds=seeds,
+                parallel=min(pipeline.parallel, len(seeds)),
+                estimated_cost_all_seeds_usd=round(total * len(seeds), 4) if total is not None else None,
+                max_cost_usd=pipeline.max_cost_usd)
+
+
+class CostCeilingError(ValueError):
+    """The plan's estimate for all seeds exceeds ``max_cost_usd`` (or cannot be checked against it)."""
+
+
+def check_cost_ceiling(plan: Plan) -> None:
+    """Refuse a run whose estimate for all lineages exceeds ``max_cost_usd``; a missing price refuses too,
+    since the ceiling could not be kept."""
+    ceiling = plan.max_cost_usd
+    if ceiling is None:
+        return
+    total = plan.estimated_cost_all_seeds_usd
+    if total is None:
+        missing = sorted({s.instance_type for s in plan.sessions if s.estimated_cost_usd is None})
+        raise CostCeilingError(f"pipeline '{plan.pipeline}': max_cost_usd {ceiling:g} cannot be checked: no price "
+                               f"for {', '.join(missing)} in rlpipe/data/prices.json; use a listed instance type "
+                               "or remove max_cost_usd")
+    if total > ceiling:
+        n = len(plan.seeds)
+        raise CostCeilingError(f"pipeline '{plan.pipeline}': max_cost_usd: estimated ${total:.2f} for {n} "
+                               f"lineage(s) ({n} x ${plan.estimated_cost_usd:.2f}) exceeds the ceiling of "
+                               f"${ceiling:.2f}; raise max_cost_usd, list fewer seeds or shorten the sessions")
+
+
+def single_lineage_problem(pipeline: PipelineConfig) -> str | None:
+    """Why a driver that runs one lineage with the sessions' own seeds (the AWS driver, for now) cannot run
+    ``pipeline`` as written; None when it can. Refusing beats silently training other seeds than asked."""
+    if pipeline.seeds is None:
+        return None
+    own = sorted({s.seed for s in pipeline.sessions})
+    if pipeline.seeds != own or len(own) != 1:
+        return (f"pipeline '{pipeline.name}': seeds {pipeline.seeds}: runs on AWS train one lineage with the "
+                f"sessions' own seed ({', '.join(map(str, own))}); start one run per seed with defaults.seed set, "
+                "or run the seeds locally with `rlpipe run`")
+    return None

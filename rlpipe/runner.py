@@ -159,6 +159,11 @@ class LocalRunner:
             log.info("run %s already succeeded; report rebuilt", self.state.run_id)
             self._write_report()
             return self.state
+        gated = self.state.failed_gate()
+        if gated is not None:  # the lineage ended on a require gate: a resume does not train past it
+            log.info("run %s ended at session %s's require gate; not run again", self.state.run_id, gated.name)
+            self._write_report()
+            return self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
         with open(self.out_dir / COMMAND_FILE, "a") as fh:
@@ -175,6 +180,10 @@ class LocalRunner:
                 if self.stop.is_set() or self._run_session(index, after_previous) == "interrupted":
                     self.state.finish("interrupted", f"stopped during session '{st.name}'; "
                                                      "continue with --resume")
+                    break
+                if st.gate is not None and not st.gate.passed:
+                    self.state.finish("failed", st.gate.describe(st.name))
+                    log.warning("%s; the sessions after it do not run", self.state.error)
                     break
                 after_previous = True
             else:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlpipe.config import PipelineConfig
-from rlpipe.outcome import Evaluation, SessionOutcome, VideoOutcome
+from rlpipe.outcome import Evaluation, GateResult, SessionOutcome, VideoOutcome
 from rlpipe.plan import Plan, build_plan
 
 SessionStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
@@ -113,6 +113,9 @@ class SessionState(BaseModel):
     handoff_notes: list[str] = Field(default_factory=list)
     handoff_source: Literal["plan", "trainer"] = "plan"
     video: VideoOutcome | None = None  # the final policy's video, or why there is none
+    stopped_early: bool = False
+    stop_step: int | None = None
+    gate: GateResult | None = None
     # Filled by the AWS driver only.
     job_name: str | None = None
     training_seconds: float | None = None
@@ -154,6 +157,12 @@ class SessionState(BaseModel):
             self.carried, self.reset, self.handoff_source = carried, list(outcome.reset or []), "trainer"
         self.notes = [str(n) for n in outcome.notes]
         self.video = outcome.video or self.video
+        self.stopped_early, self.stop_step, self.gate = outcome.stopped_early, outcome.stop_step, outcome.gate
+
+    @property
+    def gate_failed(self) -> bool:
+        """The session ended below its ``require`` threshold: its lineage stops here."""
+        return self.gate is not None and not self.gate.passed
 
     def add_wall_seconds(self, start: str | None, end: str | None) -> None:
         """Add the time from ``start`` to ``end`` to the session's wall time (it sums over attempts)."""
@@ -194,6 +203,10 @@ class RunState(BaseModel):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def failed_gate(self) -> SessionState | None:
+        """The completed session whose ``require`` gate failed (the lineage ended there), if any."""
+        return next((s for s in self.sessions if s.status == "completed" and s.gate_failed), None)
 
     def next_index(self) -> int | None:
         """Index of the first session not completed (pending, interrupted or failed); None when all are done."""

@@ -28,7 +28,7 @@ from rlpipe.cloud.store import CONFIGS_PREFIX, REPORT_FILES, RunKeys, S3Store, e
 from rlpipe.cloud.watch import RunWatcher, follow, run_table
 from rlpipe.config import ConfigError, PipelineConfig, load_pipeline
 from rlpipe.contract import session_document
-from rlpipe.plan import build_plan
+from rlpipe.plan import CostCeilingError, build_plan, check_cost_ceiling, single_lineage_problem
 from rlpipe.state import RunState
 
 DEFAULT_STACK = DEFAULT_STACK_NAME
@@ -117,6 +117,13 @@ def execution_name(pipeline: PipelineConfig, now: datetime | None = None) -> str
 def start_run(stack: Stack, config: Path, name: str | None = None) -> dict[str, str]:
     """Validate ``config`` locally, upload it and start an execution. Returns its name, ARN and console URL."""
     pipeline = _load(config)
+    try:
+        check_cost_ceiling(build_plan(pipeline))  # before anything is uploaded or started
+    except CostCeilingError as exc:
+        raise CloudError(str(exc)) from None
+    several = single_lineage_problem(pipeline)
+    if several is not None:
+        raise CloudError(several)
     uri = upload_pipeline(stack, pipeline)
     name = name or execution_name(pipeline)
     sfn = stack.client("stepfunctions")

@@ -82,6 +82,9 @@ def _session_entry(index: int, s: SessionState) -> dict[str, Any]:
         "evaluations": [e.model_dump(mode="json", include=_EVALUATION_KEYS) for e in s.evaluations],
         # Where the files are relative to the report is the driver's to add (``href``, ``filmstrip_href``).
         "video": s.video.model_dump(mode="json") if s.video else None,
+        "stopped_early": s.stopped_early,
+        "stop_step": s.stop_step,
+        "gate": s.gate.model_dump(mode="json", include={"metric", "at_least", "value", "passed"}) if s.gate else None,
     }
     for name in AWS_FIELDS:
         value = getattr(s, name)
@@ -129,6 +132,8 @@ def build_report(state: RunState, outcomes: Mapping[str, Any] | None = None) -> 
 
     failures = [{"session": s["name"], "status": s["status"], "error": s["error"]}
                 for s in sessions if s["status"] in ("failed", "interrupted")]
+    failures += [{"session": s.name, "status": "gate_failed", "error": s.gate.describe(s.name)}
+                 for s in state.sessions if s.status == "completed" and s.gate_failed and s.gate]
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "pipeline": state.pipeline,

@@ -127,3 +127,44 @@ def _timeline(ax: Any, sessions: list[dict[str, Any]], colours: list[str]) -> No
             ax.text(start + width / 2, 0, name, ha="center", va="center", fontsize=8, color="white",
                     fontweight="bold")
     ax.set_xlim(0, t)
+
+
+def seeds_curve_png(report: dict[str, Any], dpi: int = 100) -> bytes:
+    """PNG across lineages: per session, the mean evaluation reward over seeds and its 95 % bootstrap band,
+    on the global timestep axis (at the steps every lineage evaluated)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    from rlpipe.report.aggregate import curve_band
+
+    lineages = report.get("lineages") or []
+    names = [s["name"] for s in (lineages[0]["sessions"] if lineages else [])]
+    fig = Figure(figsize=(10, 5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    drawn = False
+    for i, name in enumerate(names):
+        band = curve_band(lineages, name)
+        if not band:
+            continue
+        drawn = True
+        xs = [b["global_timesteps"] for b in band]
+        ax.fill_between(xs, [b["lo"] for b in band], [b["hi"] for b in band], color=f"C{i % 10}", alpha=0.2, lw=0)
+        ax.plot(xs, [b["mean"] for b in band], color=f"C{i % 10}", marker="o", ms=3, lw=1.6, label=name)
+        if i:
+            ax.axvline(lineages[0]["sessions"][i].get("global_timestep_offset") or 0, color=_BOUNDARY_COLOUR,
+                       ls="--", lw=1)
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.85)
+    else:
+        ax.text(0.5, 0.5, "No evaluations yet", transform=ax.transAxes, ha="center", va="center",
+                fontsize=13, color=_BOUNDARY_COLOUR)
+    ax.xaxis.set_major_formatter(FuncFormatter(_steps_label))
+    ax.set_xlabel("global timesteps")
+    ax.set_ylabel(f"mean eval reward over {len(lineages)} seeds (95 % band)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{report.get('pipeline')}  ·  run {report.get('run_id')}  ·  {report.get('status')}", fontsize=11)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

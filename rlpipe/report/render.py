@@ -95,10 +95,26 @@ _AWS_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
 ]
 
 
+def fmt_gates(s: dict[str, Any]) -> str:
+    """What a session's gates did: where ``stop_when`` ended it, and the ``require`` verdict."""
+    parts = []
+    if s.get("stopped_early"):
+        parts.append(f"stopped early at {fmt_int(s.get('stop_step'))}")
+    gate = s.get("gate")
+    if gate:
+        value = "no value" if gate.get("value") is None else fmt_reward(gate["value"])
+        parts.append(f"require {gate['metric']} {value} >= {gate['at_least']:g}: "
+                     f"{'passed' if gate['passed'] else 'FAILED'}")
+    return "; ".join(parts) or "—"
+
+
 def session_columns(report: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
-    """The session table's columns for ``report``: the base ones plus each AWS column some session has."""
+    """The session table's columns for ``report``: the base ones, gates when some session has one, and each
+    AWS column some session has."""
     sessions = report.get("sessions") or []
     columns = list(_BASE_COLUMNS)
+    if any(s.get("stopped_early") or s.get("gate") for s in sessions):
+        columns.append(("Gates", fmt_gates))
     for header, key, fmt in _AWS_COLUMNS:
         if any(s.get(key) is not None for s in sessions):
             columns.append((header, lambda s, key=key, fmt=fmt: fmt(s.get(key))))
@@ -137,7 +153,9 @@ def failure_sentences(report: dict[str, Any]) -> list[tuple[str, str | None]]:
         attempts = entry.get("attempts")
         tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
         done = f", at {fmt_int(entry.get('timesteps'))} of {fmt_int(entry.get('timesteps_budget'))} timesteps"
-        out.append((f"Session '{f.get('session')}' {f.get('status')}{tries}{done}.", f.get("error")))
+        seed = f" (seed {f['seed']})" if "seed" in f else ""
+        what = "failed its require gate" if f.get("status") == "gate_failed" else f.get("status")
+        out.append((f"Session '{f.get('session')}'{seed} {what}{tries}{done}.", f.get("error")))
     sessions_errors = {f.get("error") for f in report.get("failures") or []}
     if report.get("error") and report["error"] not in sessions_errors:
         out.append(("The run stopped with an error.", report["error"]))
@@ -226,6 +244,14 @@ def render_markdown(report: dict[str, Any], curve_image: str | None = CURVE_FILE
                 out += ["", _indent(_md_block(error), "  "), ""]
         if out[-1]:
             out.append("")
+
+    if report.get("lineages"):
+        out += ["## Lineages", "", "| Seed | Status | Ended by |", "|---|---|---|"]
+        out += [f"| {seed} | {status} | {_md_cell(error)} |" for seed, status, error in lineage_rows(report)]
+        out += ["", "## Across seeds", "", "| Session | n | Final eval reward | Best eval reward |", "|---|---|---|---|"]
+        out += [f"| {_md_cell(n)} | {k} | {f} | {b} |" for n, k, f, b in aggregate_rows(report)]
+        out += ["", f"Mean over seeds; {report['aggregate'].get('interval', '')}. Sessions below: the lineage of "
+                f"seed {report['seeds'][0]}.", ""]
 
     sessions = report.get("sessions") or []
     columns = session_columns(report)
@@ -335,6 +361,41 @@ def _html_video(name: str, video: dict[str, Any], media: Mapping[str, bytes]) ->
     return h
 
 
+def _stat(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "-"
+    lo, hi = summary["ci95"]
+    return f"{summary['mean']:.1f} (IQM {summary['iqm']:.1f}, 95% CI {lo:.1f} to {hi:.1f})"
+
+
+def aggregate_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Per session across seeds: name, lineages that completed it, final and best reward summaries."""
+    return [(str(a["name"]), str(a["n"]), _stat(a.get("final_eval_reward")), _stat(a.get("best_eval_reward")))
+            for a in (report.get("aggregate") or {}).get("sessions", [])]
+
+
+def lineage_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Per lineage: seed, status and what ended it."""
+    return [(str(lin["seed"]), str(lin["status"]), str(lin.get("error") or "-")) for lin in report.get("lineages", [])]
+
+
+def _aggregate_html(report: dict[str, Any]) -> list[str]:
+    if not report.get("lineages"):
+        return []
+    h = ["<h2>Lineages</h2>", "<table>", "<thead><tr><th>Seed</th><th>Status</th><th>Ended by</th></tr></thead>",
+         "<tbody>"]
+    h += [f"<tr><td>{_e(seed)}</td><td>{_badge(status)}</td><td>{_e(error)}</td></tr>"
+          for seed, status, error in lineage_rows(report)]
+    h += ["</tbody>", "</table>", "<h2>Across seeds</h2>", "<table>",
+          "<thead><tr><th>Session</th><th>n</th><th>Final eval reward</th><th>Best eval reward</th></tr></thead>",
+          "<tbody>"]
+    h += [f'<tr><td>{_e(n)}</td><td class="num">{_e(k)}</td><td>{_e(f)}</td><td>{_e(b)}</td></tr>'
+          for n, k, f, b in aggregate_rows(report)]
+    h += ["</tbody>", "</table>",
+          f'<p class="muted">Mean over seeds; {_e(report["aggregate"].get("interval", ""))}.</p>']
+    return h
+
+
 def render_html(report: dict[str, Any], curve_png: bytes | None, media: Mapping[str, bytes] | None = None) -> str:
     """A self-contained HTML report: inline CSS, the learning curve embedded as a data URI, all text escaped.
 
@@ -360,8 +421,11 @@ def render_html(report: dict[str, Any], curve_png: bytes | None, media: Mapping[
             h.append(f'<li><span class="failure">{_e(sentence)}</span>{detail}</li>')
         h.append("</ul>")
 
+    h += _aggregate_html(report)
     sessions = report.get("sessions") or []
     columns = session_columns(report)
+    if report.get("lineages"):
+        h.append(f'<p class="muted">Sessions of the lineage of seed {_e(report["seeds"][0])}.</p>')
     h += ["<h2>Sessions</h2>", "<table>", "<thead><tr>"]
     h += [f"<th>{_e(header)}</th>" for header, _ in columns]
     h += ["</tr></thead>", "<tbody>"]

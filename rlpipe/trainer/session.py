@@ -40,6 +40,7 @@ from rlpipe.state import utcnow
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
 from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
+from rlpipe.trainer.gates import SessionGates, needs_inline_eval
 from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
 from rlpipe.trainer.video import record_video
@@ -358,13 +359,19 @@ class SessionTrainer:
             model, env, ckpt = self._prepare()
             resumed_from = ckpt.timesteps if ckpt else None
             self._checkpointed_at = resumed_from
+            gates = SessionGates(s, self.paths.checkpoints, lambda into: self._save_state(model, env, into))
+            gates.restore(self.history, resumed_from)
             background = (BackgroundEvaluator(self._eval_spec(), model)
-                          if background_eval_for(s) and spawn_can_start() else None)
+                          if background_eval_for(s) and not needs_inline_eval(s) and spawn_can_start() else None)
             budget_cb = BudgetAndStop(s.timesteps, self.stop, self.progress)
+
+            def on_eval() -> None:
+                gates.after_evaluation(int(model.num_timesteps), self.history)
+                self._write_outcome(self._outcome(model, budget_cb, False))
+
             evaluator = Evaluator(self._make_eval_env, s.eval.every_steps, s.eval.episodes, s.name, self.global_offset,
                                   self.history, fps=budget_cb.fps, seed=s.seed + EVAL_SEED_OFFSET,
-                                  on_eval=lambda: self._write_outcome(self._outcome(model, budget_cb, False)),
-                                  background=background)
+                                  on_eval=on_eval, background=background)
             checkpointer = Checkpointer(s.checkpoint.every_steps, lambda: self._checkpoint(model, env))
             evaluator.init_callback(model)
             if self.warm_started and not self.stop.is_set():
@@ -379,11 +386,12 @@ class SessionTrainer:
                 # the weights are the checkpoint's and the seed follows the step, so this is the same evaluation.
                 evaluator.evaluate()
             remaining = s.timesteps - int(model.num_timesteps)
-            if remaining > 0 and not self.stop.is_set():
-                model.learn(total_timesteps=remaining, callback=CallbackList([budget_cb, evaluator, checkpointer]),
+            if remaining > 0 and not self.stop.is_set() and not gates.stopped:
+                model.learn(total_timesteps=remaining,
+                            callback=CallbackList([budget_cb, evaluator, checkpointer, gates.callback()]),
                             reset_num_timesteps=ckpt is None, tb_log_name=s.name, progress_bar=False)
             steps = int(model.num_timesteps)
-            if steps < s.timesteps:
+            if steps < s.timesteps and not gates.stopped:
                 self._checkpoint(model, env)  # first: the stop window is short; evaluations merge on resume
                 evaluator.drain(STOP_DRAIN_SECONDS)
                 self._write_outcome(self._outcome(model, budget_cb, False))
@@ -396,8 +404,9 @@ class SessionTrainer:
                 evaluator.drain(wait)
             if background is not None:
                 background.stop()  # it exits while the bundle is written
-            outcome = self._outcome(model, budget_cb, True)
+            outcome = gates.conclude(self._outcome(model, budget_cb, True))
             self._write_bundle(model, env, outcome)
+            gates.hand_over_best(self.paths.model)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
             outcome = self._record_video(outcome, steps)
             return SessionResult("completed", steps, resumed_from, outcome)

@@ -14,7 +14,7 @@ from rlpipe.cloud.steps.loop import loop_payload
 from rlpipe.cloud.steps.pools import release_run_pools
 from rlpipe.cloud.steps.training_jobs import close_active_job
 from rlpipe.cloud.store import RunStore, execution_key
-from rlpipe.plan import build_plan
+from rlpipe.plan import CostCeilingError, build_plan, check_cost_ceiling, single_lineage_problem
 from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,13 @@ def start_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     else:
         assert pipeline is not None
         plan = build_plan(pipeline)
+        try:
+            check_cost_ceiling(plan)
+        except CostCeilingError as exc:
+            raise InvalidInput(str(exc)) from None
+        several = single_lineage_problem(pipeline)
+        if several is not None:
+            raise InvalidInput(several)
         events = estimated_history_events(plan)
         if events > HISTORY_EVENT_LIMIT:
             raise InvalidInput(f"pipeline '{pipeline.name}' is too long for one execution: about {events} history "
