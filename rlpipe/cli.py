@@ -120,7 +120,10 @@ def run(config: ConfigArg,
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory "
                                                        "(default: runs/<pipeline name>)")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="skip completed sessions, continue the "
-                                             "interrupted one from its newest checkpoint")] = False) -> None:
+                                             "interrupted one from its newest checkpoint")] = False,
+        repair: Annotated[bool, typer.Option("--repair", help="with --resume: set damaged checkpoints and "
+                                             "metrics aside (never deleted) and rebuild a damaged bundle from "
+                                             "its session's final checkpoint")] = False) -> None:
     """Run a pipeline locally, session after session, each warm-started as configured."""
     from rlpipe.runner import LocalRunner, RunDirError, SessionHooks, default_output
     from rlpipe.trainer.entrypoint import EXIT_INTERRUPTED, install_stop_handlers
@@ -129,9 +132,9 @@ def run(config: ConfigArg,
     out = output or default_output(pipeline)
     stop = threading.Event()
     try:
-        runner_ = LocalRunner(pipeline, out, resume=resume, stop=stop)
+        runner_ = LocalRunner(pipeline, out, resume=resume, stop=stop, repair=repair)
     except RunDirError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)  # one line, whatever its length
         raise typer.Exit(2) from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("rlpipe").setLevel(logging.INFO)
@@ -180,6 +183,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="local run directory")])
     if not (run_dir / "state.json").exists():
         err.print(f"[bold red]error[/]: {run_dir} holds no state.json (not a run directory)", highlight=False)
         raise typer.Exit(2)
+    from rlpipe.integrity import DamagedFile
+    from rlpipe.runner import load_state
+
+    try:
+        load_state(run_dir)
+    except DamagedFile as exc:
+        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
     written = write_local_report(run_dir)
     for path in written.values():
         console.print(str(path))

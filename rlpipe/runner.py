@@ -24,7 +24,9 @@ from pathlib import Path
 
 from rlpipe.config import PipelineConfig
 from rlpipe.contract import ContainerPaths, session_document
-from rlpipe.jsonio import read_json, write_json_atomic
+from rlpipe.integrity import DamagedFile, check_run_dir, parse_checked
+from rlpipe.jsonio import write_json_atomic
+from rlpipe.rundir_lock import LOCK_FILE, RunDirBusy, RunDirLock
 from rlpipe.state import RunState, seconds_between, transition_seconds, utcnow
 
 log = logging.getLogger("rlpipe.runner")
@@ -54,14 +56,27 @@ def default_output(pipeline: PipelineConfig) -> Path:
 def load_state(out_dir: Path) -> RunState | None:
     """The run state in ``out_dir``, or None if there is none."""
     path = out_dir / STATE_FILE
-    return RunState.model_validate(read_json(path)) if path.exists() else None
+    if not path.exists():
+        return None
+    return parse_checked(path, RunState, "restore it from a copy, or start a new run with another --output "
+                                         "(the sessions' bundles and checkpoints here are not touched)")
 
 
-def open_run(pipeline: PipelineConfig, out_dir: Path, resume: bool) -> RunState:
-    """Check ``out_dir`` against the request and return the state to continue; raise before touching anything."""
-    existing = load_state(out_dir)
+def _foreign(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds files but no run (the lock file alone is a run directory's)."""
+    return (out_dir.is_dir() and not (out_dir / STATE_FILE).exists()
+            and any(p.name != LOCK_FILE for p in out_dir.iterdir()))
+
+
+def open_run(pipeline: PipelineConfig, out_dir: Path, resume: bool, repair: bool = False) -> RunState:
+    """Check ``out_dir`` against the request and return the state to continue; raise before touching anything
+    (with ``repair``, damaged files that can safely be set aside or rebuilt are, and the run continues)."""
+    try:
+        existing = load_state(out_dir)
+    except DamagedFile as exc:
+        raise RunDirError(str(exc)) from None
     if existing is None:
-        if out_dir.exists() and any(out_dir.iterdir()):
+        if _foreign(out_dir):
             raise RunDirError(f"{out_dir} exists and is not an rlpipe run directory (no {STATE_FILE}); "
                               "choose another --output")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -73,6 +88,14 @@ def open_run(pipeline: PipelineConfig, out_dir: Path, resume: bool) -> RunState:
         raise RunDirError(f"the config differs from the one run {existing.run_id} started with "
                           f"({pipeline.fingerprint()} != {existing.config_fingerprint}); resume needs the same "
                           f"config (see {out_dir / RESOLVED_FILE}) or a new --output")
+    damaged = check_run_dir(out_dir, existing)
+    if damaged and not (repair and all(fix for _, fix in damaged)):
+        problem = next(p for p, fix in damaged if not repair or fix is None)
+        others = f" ({len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+        raise RunDirError(f"{problem}{others}")
+    for problem, fix in damaged:
+        log.warning("repairing %s (%s): %s", problem.path, problem.problem, fix.what)  # type: ignore[union-attr]
+        fix.apply()  # type: ignore[union-attr]
     return existing
 
 
@@ -80,12 +103,22 @@ class LocalRunner:
     """Runs ``pipeline`` into ``out_dir``; in-process, so a session transition costs no interpreter start."""
 
     def __init__(self, pipeline: PipelineConfig, out_dir: Path, resume: bool = False,
-                 hooks: SessionHooks | None = None, stop: threading.Event | None = None) -> None:
+                 hooks: SessionHooks | None = None, stop: threading.Event | None = None,
+                 repair: bool = False) -> None:
         self.pipeline = pipeline
         self.out_dir = out_dir
         self.hooks = hooks or SessionHooks()
         self.stop = stop or threading.Event()
-        self.state = open_run(pipeline, out_dir, resume)  # raises before anything is written
+        self._lock = RunDirLock(out_dir)
+        try:
+            if not _foreign(out_dir):  # a foreign directory gets no lock file: open_run refuses it
+                self._lock.acquire()
+            self.state = open_run(pipeline, out_dir, resume, repair)  # raises before anything is written
+        except RunDirBusy as exc:
+            raise RunDirError(str(exc)) from None
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _save(self) -> None:
         self.state.touch()
@@ -166,6 +199,7 @@ class LocalRunner:
         if self.state.status == "succeeded" and self.state.next_index() is None:
             log.info("run %s already succeeded; report rebuilt", self.state.run_id)
             self._write_report()
+            self._lock.release()
             return self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
@@ -197,6 +231,7 @@ class LocalRunner:
             self._write_report()
             logging.getLogger("rlpipe").removeHandler(handler)
             handler.close()
+            self._lock.release()
         return self.state
 
     def _write_report(self) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlpipe.integrity import ManifestShape
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -66,6 +68,7 @@ def verify(path: Path) -> Checkpoint | None:
     manifest = path / MANIFEST
     try:
         meta = json.loads(manifest.read_text())
+        ManifestShape.model_validate(meta)  # a wrongly shaped manifest is as unusable as a truncated one
         for name, digest in meta["files"].items():
             if sha256_file(path / name) != digest:
                 log.warning("skipping checkpoint %s: %s does not match its checksum", path.name, name)

@@ -34,11 +34,13 @@ import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
 from rlpipe.algorithms import ALGORITHMS
 from rlpipe.config import SessionConfig
 from rlpipe.contract import ContainerPaths
-from rlpipe.jsonio import read_json, write_json_atomic
+from rlpipe.integrity import DamagedFile, MetricsShape, SessionDocShape, parse_checked
+from rlpipe.jsonio import write_json_atomic
 from rlpipe.state import utcnow
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
-from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
+from rlpipe.trainer.checkpoints import (Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune,
+                                        sha256_file)
 from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
 
@@ -118,7 +120,8 @@ class SessionTrainer:
         self.stop = stop or threading.Event()
         self.progress = progress
         self.started_at = started_at or utcnow()
-        doc = read_json(paths.session_file)
+        doc = parse_checked(paths.session_file, SessionDocShape, "the driver writes it: re-run the session "
+                            "from the runner (rlpipe run --resume) or re-submit the training job").model_dump()
         self.doc = doc
         self.session = SessionConfig.model_validate(doc["session"])
         self.global_offset = int(doc.get("global_timestep_offset", 0))
@@ -247,10 +250,14 @@ class SessionTrainer:
         return model, env, ckpt
 
     def _recorded_evaluations(self) -> list[dict[str, Any]]:
+        path = self.paths.checkpoints / B.METRICS
+        if not path.exists():
+            return []
         try:
-            return list(read_json(self.paths.checkpoints / B.METRICS).get("evaluations", []))
-        except (OSError, ValueError, AttributeError):
-            return []  # none yet, or unreadable: the checkpoint's own list stands
+            return [e.model_dump() for e in parse_checked(path, MetricsShape, "ignored").evaluations]
+        except DamagedFile as exc:  # the checkpoint's own list stands; lost evaluations are run again
+            log.warning("session %s: %s", self.session.name, exc)
+            return []
 
     # -- outputs ------------------------------------------------------------------------------------------
     def _metrics(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> dict[str, Any]:
@@ -308,13 +315,16 @@ class SessionTrainer:
         out = self.paths.model
         out.mkdir(parents=True, exist_ok=True)
         self._save_state(model, env, out)
+        files = sorted(p.name for p in out.iterdir() if p.name != B.BUNDLE_META)
         write_json_atomic(out / B.BUNDLE_META, {
             "format_version": B.FORMAT_VERSION, "session": self.session.name, "env": self.session.env,
             "algorithm": self.session.algorithm, "timesteps": int(model.num_timesteps),
             "global_timesteps": self.global_offset + int(model.num_timesteps),
             "normalize": isinstance(env, VecNormalize), "off_policy": self.off_policy,
             "carried": self.carried, "reset": self.reset, "notes": self.notes, "created_at": utcnow(),
-            "files": sorted(p.name for p in out.iterdir() if p.name != B.BUNDLE_META),
+            "files": files,
+            # Checked before the bundle is used or reported (rlpipe.integrity); metrics and plot are rewritten.
+            "sha256": {n: sha256_file(out / n) for n in files if n in B.STATE_FILES},
         })
         self._write_metrics(metrics)
         try:
