@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
 from rlpipe.trainer.checkpoints import (Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune,
                                         sha256_file)
+from rlpipe.trainer.eval_recovery import lost_steps, recover
 from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
 
@@ -132,7 +132,11 @@ class SessionTrainer:
         self.notes: list[str] = []
         self.info = ALGORITHM_CLASSES[self.session.algorithm]
         self.off_policy = issubclass(self.info, OffPolicyAlgorithm)
-        self._scratch = Path(tempfile.mkdtemp(prefix="rlpipe-bundle-"))
+        self.evaluation_gaps: list[dict[str, Any]] = []
+        # Extracted bundle archives: inside the session root (not the system temp dir), created only when a
+        # channel holds an archive; a copy left by a killed process is removed here.
+        self._scratch = paths.output / ".bundle-scratch"
+        shutil.rmtree(self._scratch, ignore_errors=True)
         self._checkpointed_at: int | None = None
         self.warm_started = False
         self.transfer_eval_seconds = 0.0
@@ -249,6 +253,26 @@ class SessionTrainer:
             log.warning("session %s: %s", s.name, note)
         return model, env, ckpt
 
+    def _recover_evaluations(self, evaluator: Evaluator, up_to: int) -> None:
+        """Run again the evaluations of the grid up to ``up_to`` that a kill lost; record those that cannot be."""
+        s = self.session
+        previous = None
+        if s.use_previous_checkpoint and 0 in lost_steps(s, self.history, up_to):
+            try:
+                previous = B.open_bundle(self.paths.previous, self._scratch)
+            except B.BundleError as exc:
+                log.warning("session %s: %s", s.name, exc)
+        shots, gaps = recover(s, self.history, up_to, self.paths.checkpoints, previous, s.seed + EVAL_SEED_OFFSET,
+                              evaluator.model.observation_space.shape)
+        for shot in shots:
+            log.info("session %s: evaluating %d steps again (lost to an interruption)", s.name, shot.timesteps)
+            evaluator.evaluate_snapshot(shot)
+        self.evaluation_gaps = [g.as_dict(self.global_offset) for g in gaps]
+        for gap in gaps:
+            log.warning("session %s: %s", s.name, gap.reason)
+            if gap.reason not in self.notes:
+                self.notes.append(gap.reason)
+
     def _recorded_evaluations(self) -> list[dict[str, Any]]:
         path = self.paths.checkpoints / B.METRICS
         if not path.exists():
@@ -270,6 +294,7 @@ class SessionTrainer:
             "global_timestep_offset": self.global_offset, "timesteps": int(model.num_timesteps),
             "timesteps_budget": self.session.timesteps,
             "evaluations": evaluations,
+            "evaluation_gaps": self.evaluation_gaps,
             "best_eval_reward": max(rewards) if rewards else None,
             "final_eval_reward": rewards[-1] if rewards and ended else None,
             "timing": {"started_at": self.started_at,
@@ -362,11 +387,8 @@ class SessionTrainer:
                 clock = time.perf_counter()
                 evaluator.evaluate()
                 self.transfer_eval_seconds = round(time.perf_counter() - clock, 3)
-            elif (ckpt is not None and ckpt.timesteps < s.timesteps and ckpt.timesteps % s.eval.every_steps == 0
-                  and not any(h["timesteps"] == ckpt.timesteps for h in self.history)):
-                # The checkpoint's own step was still being evaluated in the background when the process ended;
-                # the weights are the checkpoint's and the seed follows the step, so this is the same evaluation.
-                evaluator.evaluate()
+            elif ckpt is not None and not self.stop.is_set():
+                self._recover_evaluations(evaluator, ckpt.timesteps)
             remaining = s.timesteps - int(model.num_timesteps)
             if remaining > 0 and not self.stop.is_set():
                 model.learn(total_timesteps=remaining, callback=CallbackList([budget_cb, evaluator, checkpointer]),
