@@ -28,6 +28,7 @@ from rlpipe.integrity import DamagedFile, check_run_dir, parse_checked
 from rlpipe.jsonio import write_json_atomic
 from rlpipe.rundir_lock import LOCK_FILE, RunDirBusy, RunDirLock
 from rlpipe.state import RunState, seconds_between, transition_seconds, utcnow
+from rlpipe.write_errors import SpaceReserve
 
 log = logging.getLogger("rlpipe.runner")
 
@@ -110,6 +111,7 @@ class LocalRunner:
         self.hooks = hooks or SessionHooks()
         self.stop = stop or threading.Event()
         self._lock = RunDirLock(out_dir)
+        self._reserve = SpaceReserve(out_dir)
         try:
             if not _foreign(out_dir):  # a foreign directory gets no lock file: open_run refuses it
                 self._lock.acquire()
@@ -122,7 +124,8 @@ class LocalRunner:
 
     def _save(self) -> None:
         self.state.touch()
-        write_json_atomic(self.out_dir / STATE_FILE, self.state.to_json())
+        # On a full disk the reserve makes room, so the state can still say what failed and where.
+        self._reserve.write_with_room(lambda: write_json_atomic(self.out_dir / STATE_FILE, self.state.to_json()))
 
     def _attach_log(self) -> logging.Handler:
         handler = logging.FileHandler(self.out_dir / "run.log")
@@ -208,6 +211,7 @@ class LocalRunner:
         handler = self._attach_log()
         self.state.status, self.state.ended_at, self.state.error = "running", None, None
         self._save()
+        self._reserve.ensure()
         try:
             after_previous = False
             for index, st in enumerate(self.state.sessions):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlpipe.integrity import ManifestShape
+from rlpipe.write_errors import naming
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def commit_checkpoint(staging: Path, final: Path, timesteps: int, meta: dict[str
     files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
     manifest = {"timesteps": timesteps, "files": files, **meta}
     tmp = staging / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
+    with naming(staging / MANIFEST):
+        tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, staging / MANIFEST)
     if final.exists():
         shutil.rmtree(final)

@@ -43,6 +43,7 @@ from rlpipe.trainer.checkpoints import (Checkpoint, checkpoint_name, commit_chec
 from rlpipe.trainer.eval_recovery import lost_steps, recover
 from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
+from rlpipe.write_errors import naming
 
 log = logging.getLogger(__name__)
 
@@ -308,11 +309,14 @@ class SessionTrainer:
         }
 
     def _save_state(self, model: BaseAlgorithm, env: VecEnv, into: Path) -> None:
-        model.save(str(into / B.MODEL))
+        with naming(into / B.MODEL):
+            model.save(str(into / B.MODEL))
         if isinstance(env, VecNormalize):
-            env.save(str(into / B.VECNORMALIZE))
+            with naming(into / B.VECNORMALIZE):
+                env.save(str(into / B.VECNORMALIZE))
         if self.off_policy:
-            save_replay_buffer(model, into / B.REPLAY_BUFFER)
+            with naming(into / B.REPLAY_BUFFER):
+                save_replay_buffer(model, into / B.REPLAY_BUFFER)
 
     def _checkpoint(self, model: BaseAlgorithm, env: VecEnv) -> None:
         steps = int(model.num_timesteps)
