@@ -34,6 +34,36 @@ class WriteFailed(OSError):
         return f"could not write {self.path}: {self.strerror}{hint}"
 
 
+def _path_in_traceback(exc: BaseException) -> Path | None:
+    """The file a write was at when it failed, read from the innermost frame that names one (tensorboard's
+    writer thread, for one, re-raises a full disk in the training thread without a file name)."""
+    found: Path | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        for name in ("filename", "path", "file_path"):
+            value = tb.tb_frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                found = Path(value)
+                break
+        tb = tb.tb_next
+    return found
+
+
+@contextmanager
+def naming_full_disk(default: Path | str) -> Iterator[None]:
+    """Re-raise a full disk (``ENOSPC``, ``EDQUOT``) from the block as :class:`WriteFailed` naming the file
+    being written if it can be found, else ``default``; other errors pass unchanged."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        where = Path(exc.filename) if exc.filename else _path_in_traceback(exc) or Path(default)
+        raise WriteFailed(where, exc) from exc
+
+
 @contextmanager
 def naming(path: Path | str) -> Iterator[None]:
     """Re-raise an ``OSError`` from the block as :class:`WriteFailed` naming ``path`` (unless it names one)."""

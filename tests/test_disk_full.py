@@ -49,3 +49,17 @@ def test_disk_full_is_recorded_in_the_state_naming_the_file(tmp_path: Path, monk
     state = LocalRunner(parse_pipeline(TINY), out, resume=True).run()
     assert state.status == "succeeded" and [s.timesteps for s in state.sessions] == [256, 256]
     assert (out / RESERVE_FILE).stat().st_size > 0  # kept again for the next time
+
+
+def test_a_full_disk_in_a_library_writer_thread_names_its_file(tmp_path: Path) -> None:
+    from rlpipe.write_errors import naming_full_disk
+
+    def writer(filename: str) -> None:  # as tensorboard's event writer does, in its own thread
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteFailed, match=r"could not write .*events\.out: No space left on device; free space"):
+        with naming_full_disk(tmp_path):
+            writer(str(tmp_path / "events.out"))
+    with pytest.raises(PermissionError):  # other errors pass unchanged
+        with naming_full_disk(tmp_path):
+            raise PermissionError(errno.EACCES, "denied")

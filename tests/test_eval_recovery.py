@@ -58,10 +58,11 @@ def test_lost_transfer_evaluation_is_run_again_from_the_handed_over_bundle(tmp_p
     assert [e[0] for e in resumed] == [0, 128, 256]
     assert resumed[:2] == complete[:2]  # the same rewards: the same weights, statistics and seeds
     assert read_json(tmp_path / "s2" / "model" / "metrics.json")["evaluation_gaps"] == []
+    assert len(list((tmp_path / "s2" / "checkpoints").glob("step-*"))) == 2  # checkpoint.keep, once all are in
 
 
 def test_lost_evaluation_whose_checkpoint_was_rotated_is_recorded_as_a_gap(tmp_path: Path) -> None:
-    raw = pipeline_raw(eval={"every_steps": 128, "episodes": 1})
+    raw = pipeline_raw(eval={"every_steps": 128, "episodes": 1, "background": False})
     raw["sessions"][0].update(timesteps=384, checkpoint={"every_steps": 128, "keep": 1})
     paths = session_root(tmp_path, raw, 0)
     SessionTrainer(paths).run()
@@ -73,3 +74,12 @@ def test_lost_evaluation_whose_checkpoint_was_rotated_is_recorded_as_a_gap(tmp_p
     [gap] = metrics["evaluation_gaps"]
     assert gap["timesteps"] == 128 and "step-000000000128 no longer exists" in gap["reason"]
     assert gap["reason"] in metrics["notes"]
+
+
+def test_prune_keeps_checkpoints_whose_evaluation_is_pending(tmp_path: Path) -> None:
+    from rlpipe.trainer.checkpoints import checkpoint_name, prune
+
+    for steps in (128, 256, 384, 512):
+        (tmp_path / checkpoint_name(steps)).mkdir()
+    prune(tmp_path, keep=1, protect={checkpoint_name(256)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint_name(256), checkpoint_name(512)]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,12 @@ def newest_valid(directory: Path) -> Checkpoint | None:
     return None
 
 
-def prune(directory: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints and any abandoned staging directories."""
+def prune(directory: Path, keep: int, protect: Collection[str] = ()) -> None:
+    """Delete all but the ``keep`` newest checkpoints, except those named in ``protect``, and any abandoned
+    staging directories."""
     for stale in directory.glob(f".{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     done = sorted(p for p in directory.glob(f"{PREFIX}*") if p.is_dir())
     for old in done[:-keep] if keep else done:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)

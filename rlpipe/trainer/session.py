@@ -43,7 +43,7 @@ from rlpipe.trainer.checkpoints import (Checkpoint, checkpoint_name, commit_chec
 from rlpipe.trainer.eval_recovery import lost_steps, recover
 from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
-from rlpipe.write_errors import naming
+from rlpipe.write_errors import naming, naming_full_disk
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +331,14 @@ class SessionTrainer:
         commit_checkpoint(staging, directory / checkpoint_name(steps), steps,
                           {"session": self.session.name, "evaluations": self.history,
                            "carried": self.carried, "reset": self.reset, "notes": self.notes})
-        prune(directory, self.session.checkpoint.keep)
+        self._prune(steps)
         self._checkpointed_at = steps
         log.info("session %s: checkpoint at %d steps", self.session.name, steps)
+
+    def _prune(self, steps: int) -> None:
+        # A checkpoint whose evaluation has not come back yet is kept: a kill now would lose its weights too.
+        prune(self.paths.checkpoints, self.session.checkpoint.keep,
+              protect={checkpoint_name(x) for x in lost_steps(self.session, self.history, steps)})
 
     def _write_metrics(self, metrics: dict[str, Any]) -> None:
         # Also beside the checkpoints: on AWS that prefix syncs to S3 as plain objects during training.
@@ -369,6 +374,10 @@ class SessionTrainer:
     # -- run ----------------------------------------------------------------------------------------------
     def run(self) -> SessionResult:
         """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
+        with naming_full_disk(self.paths.root):  # e.g. tensorboard's writer: name the file that did not fit
+            return self._run()
+
+    def _run(self) -> SessionResult:
         s = self.session
         torch.set_num_threads(torch_threads_for(s))
         background: BackgroundEvaluator | None = None
@@ -414,6 +423,7 @@ class SessionTrainer:
             metrics = self._metrics(model, budget_cb, True)
             self._write_bundle(model, env, metrics)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
+            self._prune(steps)  # every evaluation is in: checkpoints kept for theirs can go
             return SessionResult("completed", steps, resumed_from, metrics)
         finally:
             if background is not None:
