@@ -83,3 +83,18 @@ def test_prune_keeps_checkpoints_whose_evaluation_is_pending(tmp_path: Path) -> 
         (tmp_path / checkpoint_name(steps)).mkdir()
     prune(tmp_path, keep=1, protect={checkpoint_name(256)})
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint_name(256), checkpoint_name(512)]
+
+
+def test_an_evaluation_falling_back_to_the_trainer_leaves_its_random_state_alone() -> None:
+    import torch
+
+    from .test_trainer import _worker_and_evaluator
+
+    with _worker_and_evaluator() as (worker, evaluator, history, expected):
+        evaluator.evaluate()
+        worker._process.kill()
+        before = torch.random.get_rng_state()
+        evaluator.drain(None)  # the lost snapshot is evaluated here, on a spare policy
+        assert evaluator.background is None and history[0]["mean_reward"] == pytest.approx(expected)
+        # Training after a worker's death draws the same samples as it would have with the worker alive.
+        assert torch.equal(torch.random.get_rng_state(), before)

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 from rlpipe.contract import metric_line
 from rlpipe.state import utcnow
 from rlpipe.trainer.eval_worker import (MAX_PENDING, BackgroundEvaluator, Outcome, Snapshot, evaluate_snapshot,
-                                        snapshot)
+                                        snapshot, spare_policy)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Evaluator(EveryStepsCallback):
         if self._to_background(lambda: shot, taken_at):
             return
         if self._policy is None:  # a policy of the model's class whose weights each snapshot replaces
-            self._policy = type(self.model.policy)(**self.model.policy._get_constructor_parameters())
+            self._policy = spare_policy(type(self.model.policy), self.model.policy._get_constructor_parameters())
         outcome = evaluate_snapshot(self._policy, self.eval_env, shot, self.episodes)
         self.record(shot.timesteps, outcome.mean_reward, outcome.std_reward, taken_at)
 

@@ -103,6 +103,16 @@ def evaluate_snapshot(policy: Any, env: VecEnv, shot: Snapshot, episodes: int) -
                    int(np.sum(lengths)))
 
 
+def spare_policy(policy_class: type, policy_data: dict[str, Any]) -> Any:
+    """A policy to load snapshots into, built in the training process without touching its random state:
+    initialising weights draws from torch's global generator, and training must not depend on whether an
+    evaluation ran here or in the worker."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return policy_class(**policy_data)
+
+
 def spawn_can_start() -> bool:
     """Whether a spawned worker can start: spawn imports the parent's main script in the child, and a main
     read from stdin (``python -``) has no file to import."""
@@ -249,7 +259,7 @@ class BackgroundEvaluator:
         shots, self._in_flight, self.pending = list(self._in_flight.values()), {}, 0
         if not shots:
             return []
-        policy = self._policy_class(**self._policy_data)
+        policy = spare_policy(self._policy_class, self._policy_data)
         return [evaluate_snapshot(policy, env, shot, self._episodes) for shot in shots]
 
     @property
