@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 import pytest
 import yaml
 
@@ -194,9 +193,9 @@ def test_a_second_runner_on_the_same_run_directory_is_refused_naming_the_holder(
 
 
 def test_run_directory_lock_dies_with_its_process(tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rlpipe.rundir_lock import RunDirLock; "
-                               f"lock = RunDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    script = (f"import time; from rlpipe.rundir_lock import RunDirLock; lock = RunDirLock({str(tmp_path)!r}).acquire(); "
+              "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(RuntimeError, match=rf"PID {holder.pid}\b"):
