@@ -9,9 +9,9 @@ come back in order and are recorded under their snapshot's step.
 from __future__ import annotations
 
 import copy
-import ctypes
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -28,9 +28,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
+from rlpipe.trainer import eval_child
+
 PARENT_CHECK_SECONDS = 2.0  # how often an idle worker looks whether its trainer is still alive
-PARENT_WATCH_SECONDS = 0.5  # how often a worker's watchdog thread looks, whatever the worker is doing
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Snapshots queued beyond this wait for a result first: a worker slower than training holds back training a
 # little instead of piling up weights in memory.
 MAX_PENDING = 4
@@ -123,37 +123,9 @@ def spawn_can_start() -> bool:
     return path is None or os.path.exists(path)
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """End this process at once when ``parent_pid`` (its parent) dies, whatever it is doing then.
-
-    A trainer killed while it writes a snapshot leaves the worker blocked reading the rest of it (the worker
-    holds both ends of its queues, so no end of file ever comes), and multiprocessing's resource tracker lives
-    as long as any process holds its pipe: both would stay for as long as the machine runs. On Linux the kernel
-    sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); elsewhere, and should that be unavailable, a
-    watchdog thread sees the parent change.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # died before the request took effect
-        os._exit(0)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_WATCH_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="rlpipe-eval-parent-watch", daemon=True).start()
-
-
-def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], jobs: Any, results: Any,
-           parent_pid: int | None = None) -> None:
-    """The worker process: build the env and policy once, then evaluate snapshots until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the trainer decides
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
+def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], jobs: Any, results: Any) -> None:
+    """The worker process (entered through :func:`rlpipe.trainer.eval_child.main`): build the env and policy
+    once, then evaluate snapshots until told to stop."""
     import torch
 
     import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
@@ -210,9 +182,12 @@ class BackgroundEvaluator:
         self._policy_class, self._policy_data = type(policy), policy._get_constructor_parameters()
         self._episodes = spec.episodes
         self._in_flight: dict[int, Snapshot] = {}  # kept until their result arrives
+        # The heavy arguments travel pickled, so the child binds itself to this process's life before it
+        # imports torch and SB3 to read them (seconds on a busy machine).
         self._process = ctx.Process(
-            target=_serve, name="rlpipe-eval", daemon=True,
-            args=(spec, self._policy_class, self._policy_data, self._jobs, self._results, os.getpid()))
+            target=eval_child.main, name="rlpipe-eval", daemon=True,
+            args=(os.getpid(), pickle.dumps((spec, self._policy_class, self._policy_data)), self._jobs,
+                  self._results))
         with _sigint_ignored():
             self._process.start()
         self.pending = 0
