@@ -189,7 +189,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="local run directory")])
     try:
         load_state(run_dir)
     except DamagedFile as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     written = write_local_report(run_dir)
     for path in written.values():
