@@ -28,6 +28,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             raise
 
 
+def remove_stale_temp_files(root: str | Path) -> list[Path]:
+    """Delete the temp files that atomic writes of a killed process left under ``root`` (``.<name>.*.tmp``);
+    call it only while no other process writes there (the run directory's lock). Returns what was deleted."""
+    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, like :func:`write_bytes_atomic`."""
     write_bytes_atomic(path, text.encode("utf-8"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from rlpipe.config import PipelineConfig
 from rlpipe.contract import ContainerPaths, session_document
 from rlpipe.integrity import DamagedFile, check_run_dir, parse_checked
-from rlpipe.jsonio import write_json_atomic
+from rlpipe.jsonio import remove_stale_temp_files, write_json_atomic
 from rlpipe.rundir_lock import LOCK_FILE, RunDirBusy, RunDirLock
 from rlpipe.state import RunState, seconds_between, transition_seconds, utcnow
 from rlpipe.write_errors import SpaceReserve
@@ -199,6 +199,9 @@ class LocalRunner:
 
     def run(self) -> RunState:
         """Run every session not yet completed; returns the final state (also on disk)."""
+        if self.out_dir.is_dir():  # under the lock: any temp file here is a killed process's
+            for stale in remove_stale_temp_files(self.out_dir):
+                log.info("removed %s, left by an interrupted write", stale)
         if self.state.status == "succeeded" and self.state.next_index() is None:
             log.info("run %s already succeeded; report rebuilt", self.state.run_id)
             self._write_report()

@@ -215,3 +215,14 @@ def test_run_directory_lock_dies_with_its_process(tmp_path: Path) -> None:
     lock.release()
 
 
+
+
+def test_temp_files_of_a_killed_write_are_removed_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert LocalRunner(parse_pipeline(TINY), out).run().status == "succeeded"
+    stale = out / "stand" / "model" / ".bundle.json.x1y2z3.tmp"  # as a SIGKILL between write and rename leaves
+    stale.write_text('{"format_')
+    keep = out / "stand" / "notes.tmp"  # not an atomic write's
+    keep.write_text("mine")
+    LocalRunner(parse_pipeline(TINY), out, resume=True).run()
+    assert not stale.exists() and keep.exists()
