@@ -15,7 +15,8 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 20
 CDK_CONTEXT = $(if $(ALERT_EMAIL),-c alert_email=$(ALERT_EMAIL))
 CDK_ARGS ?=
 
-.PHONY: help install install-dev run pipeline pipeline-resume validate plan test synth deploy destroy bench clean
+.PHONY: help install install-dev run pipeline pipeline-resume validate plan test synth deploy destroy bench clean \
+	aws-deploy-sm aws-pipeline chaos
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -65,11 +66,19 @@ synth: $(VENV)/.dev node_modules/.package-lock.json ## synthesize into cdk.out/ 
 deploy: $(VENV)/.dev node_modules/.package-lock.json ## deploy (needs credentials, Docker, cdk bootstrap): make deploy ALERT_EMAIL=you@example.com
 	$(CDK) deploy $(CDK_CONTEXT) $(CDK_ARGS)
 
+aws-deploy-sm: deploy ## alias of deploy (the name the original scripts used)
+
+aws-pipeline: $(VENV)/.train ## start CONFIG as a run on the deployed state machine (rlpipe start CONFIG)
+	$(BIN)/rlpipe start $(CONFIG)
+
 destroy: $(VENV)/.dev node_modules/.package-lock.json ## delete the stack (retained bucket, repository and keys stay; see docs/deploy.md)
 	$(CDK) destroy $(CDK_ARGS)
 
 bench: $(VENV)/.dev ## benchmarks: bench/results.json + bench/RESULTS.md (QUICK=1: about 6 minutes, into bench/quick/; CLOUD=1: only the AWS model, seconds)
 	$(BIN)/python -m bench $(if $(CLOUD),--only orchestration --merge,$(if $(QUICK),--quick --out bench/quick))
+
+chaos: $(VENV)/.train ## random-kill, corruption, lock and disk-full trials on a tiny curriculum (TRIALS=8 SEED=1)
+	$(BIN)/python -m chaos --trials $(or $(TRIALS),8) --seed $(or $(SEED),1)
 
 clean:
 	rm -rf cdk.out .pytest_cache

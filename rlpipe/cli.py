@@ -161,6 +161,9 @@ def run(config: ConfigArg,
                                              "continue the interrupted ones from their newest checkpoint")] = False,
         lineage: Annotated[Optional[int], typer.Option("--lineage", hidden=True,
                                                        help="run only this seed's lineage into --output")] = None,
+        repair: Annotated[bool, typer.Option("--repair", help="with --resume: set damaged checkpoints and "
+                                             "metrics aside (never deleted) and rebuild a damaged bundle from "
+                                             "its session's final checkpoint")] = False,
         ) -> None:
     """Run a pipeline locally, session after session, each warm-started as configured; with several seeds,
     one lineage per seed, `parallel` at a time."""
@@ -183,9 +186,9 @@ def run(config: ConfigArg,
     if lineage is not None or pipeline.seeds:
         pipeline = pipeline.lineage(seeds[0] if lineage is None else lineage)
     try:
-        runner_ = LocalRunner(pipeline, out, resume=resume, stop=stop)
+        runner_ = LocalRunner(pipeline, out, resume=resume, stop=stop, repair=repair)
     except RunDirError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)  # one line, whatever its length
         raise typer.Exit(2) from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("rlpipe").setLevel(logging.INFO)
@@ -272,6 +275,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="local run directory")])
         err.print(f"[bold red]error[/]: {run_dir} holds no state.json (not a run directory)", highlight=False)
         raise typer.Exit(2)
     else:
+        from rlpipe.integrity import DamagedFile
+        from rlpipe.runner import load_state
+
+        try:
+            load_state(run_dir)
+        except DamagedFile as exc:
+            err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         written = write_local_report(run_dir)
     for path in written.values():
         console.print(str(path))

@@ -24,8 +24,11 @@ from pathlib import Path
 
 from rlpipe.config import PipelineConfig
 from rlpipe.contract import COMMAND_FILE, LOG_FILE, RESOLVED_FILE, STATE_FILE, ContainerPaths, session_document
-from rlpipe.jsonio import read_json, write_json_atomic
+from rlpipe.integrity import DamagedFile, check_run_dir, parse_checked
+from rlpipe.jsonio import read_json, remove_stale_temp_files, write_json_atomic
+from rlpipe.rundir_lock import LOCK_FILE, RunDirBusy, RunDirLock
 from rlpipe.state import RunState, utcnow
+from rlpipe.write_errors import SpaceReserve
 
 log = logging.getLogger("rlpipe.runner")
 
@@ -51,14 +54,27 @@ def default_output(pipeline: PipelineConfig) -> Path:
 def load_state(out_dir: Path) -> RunState | None:
     """The run state in ``out_dir``, or None if there is none."""
     path = out_dir / STATE_FILE
-    return RunState.model_validate(read_json(path)) if path.exists() else None
+    if not path.exists():
+        return None
+    return parse_checked(path, RunState, "restore it from a copy, or start a new run with another --output "
+                                         "(the sessions' bundles and checkpoints here are not touched)")
 
 
-def open_run(pipeline: PipelineConfig, out_dir: Path, resume: bool) -> RunState:
-    """Check ``out_dir`` against the request and return the state to continue; raise before touching anything."""
-    existing = load_state(out_dir)
+def _foreign(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds files but no run (the lock file alone is a run directory's)."""
+    return (out_dir.is_dir() and not (out_dir / STATE_FILE).exists()
+            and any(p.name != LOCK_FILE for p in out_dir.iterdir()))
+
+
+def open_run(pipeline: PipelineConfig, out_dir: Path, resume: bool, repair: bool = False) -> RunState:
+    """Check ``out_dir`` against the request and return the state to continue; raise before touching anything
+    (with ``repair``, damaged files that can safely be set aside or rebuilt are, and the run continues)."""
+    try:
+        existing = load_state(out_dir)
+    except DamagedFile as exc:
+        raise RunDirError(str(exc)) from None
     if existing is None:
-        if out_dir.exists() and any(out_dir.iterdir()):
+        if _foreign(out_dir):
             raise RunDirError(f"{out_dir} exists and is not an rlpipe run directory (no {STATE_FILE}); "
                               "choose another --output")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -70,6 +86,14 @@ def open_run(pipeline: PipelineConfig, out_dir: Path, resume: bool) -> RunState:
         raise RunDirError(f"the config differs from the one run {existing.run_id} started with "
                           f"({pipeline.fingerprint()} != {existing.config_fingerprint}); resume needs the same "
                           f"config (see {out_dir / RESOLVED_FILE}) or a new --output")
+    damaged = check_run_dir(out_dir, existing)
+    if damaged and not (repair and all(fix for _, fix in damaged)):
+        problem = next(p for p, fix in damaged if not repair or fix is None)
+        others = f" ({len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+        raise RunDirError(f"{problem}{others}")
+    for problem, fix in damaged:
+        log.warning("repairing %s (%s): %s", problem.path, problem.problem, fix.what)  # type: ignore[union-attr]
+        fix.apply()  # type: ignore[union-attr]
     return existing
 
 
@@ -77,16 +101,28 @@ class LocalRunner:
     """Runs ``pipeline`` into ``out_dir``; in-process, so a session transition costs no interpreter start."""
 
     def __init__(self, pipeline: PipelineConfig, out_dir: Path, resume: bool = False,
-                 hooks: SessionHooks | None = None, stop: threading.Event | None = None) -> None:
+                 hooks: SessionHooks | None = None, stop: threading.Event | None = None,
+                 repair: bool = False) -> None:
         self.pipeline = pipeline
         self.out_dir = out_dir
         self.hooks = hooks or SessionHooks()
         self.stop = stop or threading.Event()
-        self.state = open_run(pipeline, out_dir, resume)  # raises before anything is written
+        self._lock = RunDirLock(out_dir)
+        self._reserve = SpaceReserve(out_dir)
+        try:
+            if not _foreign(out_dir):  # a foreign directory gets no lock file: open_run refuses it
+                self._lock.acquire()
+            self.state = open_run(pipeline, out_dir, resume, repair)  # raises before anything is written
+        except RunDirBusy as exc:
+            raise RunDirError(str(exc)) from None
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _save(self) -> None:
         self.state.touch()
-        write_json_atomic(self.out_dir / STATE_FILE, self.state.to_json())
+        # On a full disk the reserve makes room, so the state can still say what failed and where.
+        self._reserve.write_with_room(lambda: write_json_atomic(self.out_dir / STATE_FILE, self.state.to_json()))
 
     def _attach_log(self) -> logging.Handler:
         handler = logging.FileHandler(self.out_dir / LOG_FILE)
@@ -155,14 +191,19 @@ class LocalRunner:
 
     def run(self) -> RunState:
         """Run every session not yet completed; returns the final state (also on disk)."""
+        if self.out_dir.is_dir():  # under the lock: any temp file here is a killed process's
+            for stale in remove_stale_temp_files(self.out_dir):
+                log.info("removed %s, left by an interrupted write", stale)
         if self.state.status == "succeeded" and self.state.next_index() is None:
             log.info("run %s already succeeded; report rebuilt", self.state.run_id)
             self._write_report()
+            self._lock.release()
             return self.state
         gated = self.state.failed_gate()
         if gated is not None:  # the lineage ended on a require gate: a resume does not train past it
             log.info("run %s ended at session %s's require gate; not run again", self.state.run_id, gated.name)
             self._write_report()
+            self._lock.release()
             return self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / RESOLVED_FILE, self.pipeline.resolved())
@@ -171,6 +212,7 @@ class LocalRunner:
         handler = self._attach_log()
         self.state.status, self.state.ended_at, self.state.error = "running", None, None
         self._save()
+        self._reserve.ensure()
         try:
             after_previous = False
             for index, st in enumerate(self.state.sessions):
@@ -198,6 +240,7 @@ class LocalRunner:
             self._write_report()
             logging.getLogger("rlpipe").removeHandler(handler)
             handler.close()
+            self._lock.release()
         return self.state
 
     def _write_report(self) -> None:

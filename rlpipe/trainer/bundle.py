@@ -14,6 +14,7 @@ from typing import Any
 
 from rlpipe.contract import (BUNDLE_META_FILE, CURVE_FILE, METRICS_FILE, MODEL_FILE, REPLAY_BUFFER_FILE,
                              VECNORMALIZE_FILE)
+from rlpipe.integrity import bundle_problem
 from rlpipe.jsonio import read_json
 
 MODEL = MODEL_FILE
@@ -23,6 +24,7 @@ BUNDLE_META = BUNDLE_META_FILE
 METRICS = METRICS_FILE
 CURVE = CURVE_FILE
 FORMAT_VERSION = 1
+STATE_FILES = (MODEL, VECNORMALIZE, REPLAY_BUFFER)  # what training state a bundle carries (hashed in bundle.json)
 
 
 class BundleError(RuntimeError):
@@ -59,6 +61,9 @@ def open_bundle(channel: Path, scratch: Path) -> Bundle:
         root = _extract(archives[0], scratch)
     if not (root / BUNDLE_META).exists() or not (root / MODEL).exists():
         raise BundleError(f"{channel} holds no handoff bundle ({BUNDLE_META} and {MODEL} expected)")
+    problem = bundle_problem(root)
+    if problem is not None:
+        raise BundleError(f"the previous session's bundle is damaged: {problem}")
     meta = read_json(root / BUNDLE_META)
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"bundle format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")

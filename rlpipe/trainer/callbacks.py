@@ -18,7 +18,8 @@ from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from rlpipe.contract import metric_line
 from rlpipe.state import utcnow
-from rlpipe.trainer.eval_worker import MAX_PENDING, BackgroundEvaluator, Outcome, snapshot
+from rlpipe.trainer.eval_worker import (MAX_PENDING, BackgroundEvaluator, Outcome, Snapshot, evaluate_snapshot,
+                                        snapshot, spare_policy)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Evaluator(EveryStepsCallback):
         self.background = background
         self._clock = time.perf_counter()
         self._taken_at: dict[int, float] = {}
+        self._policy: Any = None  # built on first use by evaluate_snapshot
 
     @property
     def eval_env(self) -> VecEnv:
@@ -146,13 +148,8 @@ class Evaluator(EveryStepsCallback):
         # Reseeded per evaluation so results do not depend on how many evaluations ran before (resume).
         seed = self.seed + steps
         taken_at = time.perf_counter()
-        if self.background is not None:
-            if self.background.pending >= MAX_PENDING:
-                self._take(self.background.collect(None, at_most=1))
-            if self.background is not None and self.background.submit(snapshot(self.model, seed)):
-                self._taken_at[steps] = taken_at
-                return
-            self._fall_back("the worker exited")
+        if self._to_background(lambda: snapshot(self.model, seed), taken_at):
+            return
         train_env = self.model.get_env()
         if train_env is not None:
             sync_envs_normalization(train_env, self.eval_env)
@@ -160,6 +157,30 @@ class Evaluator(EveryStepsCallback):
         mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.episodes, deterministic=True,
                                     warn=False)
         self.record(steps, float(mean), float(std), taken_at)
+
+    def evaluate_snapshot(self, shot: Snapshot) -> None:
+        """Evaluate weights kept on disk (a checkpoint, a handed-over bundle) as the evaluation of their step."""
+        taken_at = time.perf_counter()
+        if self._to_background(lambda: shot, taken_at):
+            return
+        if self._policy is None:  # a policy of the model's class whose weights each snapshot replaces
+            self._policy = spare_policy(type(self.model.policy), self.model.policy._get_constructor_parameters())
+        outcome = evaluate_snapshot(self._policy, self.eval_env, shot, self.episodes)
+        self.record(shot.timesteps, outcome.mean_reward, outcome.std_reward, taken_at)
+
+    def _to_background(self, take: Callable[[], Snapshot], taken_at: float) -> bool:
+        """Hand a snapshot to the worker; False when there is none (any more): evaluate here."""
+        if self.background is None:
+            return False
+        if self.background.pending >= MAX_PENDING:
+            self._take(self.background.collect(None, at_most=1))
+        if self.background is not None:
+            shot = take()
+            if self.background.submit(shot):
+                self._taken_at[shot.timesteps] = taken_at
+                return True
+            self._fall_back("the worker exited")
+        return False
 
     def drain(self, timeout: float | None) -> None:
         """Record the background evaluations still running, waiting up to ``timeout`` seconds (``None``: as

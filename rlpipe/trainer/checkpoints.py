@@ -11,14 +11,19 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlpipe.contract import CHECKPOINT_PREFIX, MANIFEST_FILE
+from rlpipe.integrity import ManifestShape
+from rlpipe.write_errors import naming
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-PREFIX = "step-"
+MANIFEST = MANIFEST_FILE
+PREFIX = CHECKPOINT_PREFIX
 
 
 def sha256_file(path: Path) -> str:
@@ -53,7 +58,8 @@ def commit_checkpoint(staging: Path, final: Path, timesteps: int, meta: dict[str
     files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
     manifest = {"timesteps": timesteps, "files": files, **meta}
     tmp = staging / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
+    with naming(staging / MANIFEST):
+        tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, staging / MANIFEST)
     if final.exists():
         shutil.rmtree(final)
@@ -66,6 +72,7 @@ def verify(path: Path) -> Checkpoint | None:
     manifest = path / MANIFEST
     try:
         meta = json.loads(manifest.read_text())
+        ManifestShape.model_validate(meta)  # a wrongly shaped manifest is as unusable as a truncated one
         for name, digest in meta["files"].items():
             if sha256_file(path / name) != digest:
                 log.warning("skipping checkpoint %s: %s does not match its checksum", path.name, name)
@@ -90,10 +97,12 @@ def newest_valid(directory: Path) -> Checkpoint | None:
     return None
 
 
-def prune(directory: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints and any abandoned staging directories."""
+def prune(directory: Path, keep: int, protect: Collection[str] = ()) -> None:
+    """Delete all but the ``keep`` newest checkpoints, except those named in ``protect``, and any abandoned
+    staging directories."""
     for stale in directory.glob(f".{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     done = sorted(p for p in directory.glob(f"{PREFIX}*") if p.is_dir())
     for old in done[:-keep] if keep else done:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,8 @@
 """The training program: ``rlpipe-train`` locally, ``train`` in the SageMaker image.
 
 Exit codes: 0 session completed; 143 stopped by SIGTERM/SIGINT after saving a checkpoint (a restart resumes
-from it); 1 failed, with the reason in ``<root>/output/failure`` (SageMaker's FailureReason).
+from it); 1 failed, with the reason in ``<root>/output/failure`` (SageMaker's FailureReason); 2 a file it reads
+(``session.json``) is damaged, named in the same place.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 from types import FrameType
 
 from rlpipe.contract import DEFAULT_ROOT, ContainerPaths
+from rlpipe.integrity import DamagedFile
 from rlpipe.state import utcnow
 
 EXIT_INTERRUPTED = 143
+EXIT_DAMAGED = 2  # an input file (session.json, the previous bundle's manifest) is damaged
 log = logging.getLogger("rlpipe.trainer")
 
 
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from rlpipe.trainer.session import SessionTrainer
 
         result = SessionTrainer(paths, stop=stop, started_at=started_at).run()
+    except DamagedFile as exc:  # a known cause: one line, no traceback
+        paths.write_failure(str(exc))
+        log.error("%s", exc)
+        return EXIT_DAMAGED
     except Exception as exc:
         paths.write_failure(f"{type(exc).__name__}: {exc}")
         traceback.print_exc()

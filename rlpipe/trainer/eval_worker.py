@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -26,6 +27,8 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+
+from rlpipe.trainer import eval_child
 
 PARENT_CHECK_SECONDS = 2.0  # how often an idle worker looks whether its trainer is still alive
 # Snapshots queued beyond this wait for a result first: a worker slower than training holds back training a
@@ -100,6 +103,16 @@ def evaluate_snapshot(policy: Any, env: VecEnv, shot: Snapshot, episodes: int) -
                    int(np.sum(lengths)))
 
 
+def spare_policy(policy_class: type, policy_data: dict[str, Any]) -> Any:
+    """A policy to load snapshots into, built in the training process without touching its random state:
+    initialising weights draws from torch's global generator, and training must not depend on whether an
+    evaluation ran here or in the worker."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return policy_class(**policy_data)
+
+
 def spawn_can_start() -> bool:
     """Whether a spawned worker can start: spawn imports the parent's main script in the child, and a main
     read from stdin (``python -``) has no file to import."""
@@ -111,8 +124,8 @@ def spawn_can_start() -> bool:
 
 
 def _serve(spec: EvalEnvSpec, policy_class: type, policy_data: dict[str, Any], jobs: Any, results: Any) -> None:
-    """The worker process: build the env and policy once, then evaluate snapshots until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the trainer decides
+    """The worker process (entered through :func:`rlpipe.trainer.eval_child.main`): build the env and policy
+    once, then evaluate snapshots until told to stop."""
     import torch
 
     import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
@@ -169,9 +182,12 @@ class BackgroundEvaluator:
         self._policy_class, self._policy_data = type(policy), policy._get_constructor_parameters()
         self._episodes = spec.episodes
         self._in_flight: dict[int, Snapshot] = {}  # kept until their result arrives
+        # The heavy arguments travel pickled, so the child binds itself to this process's life before it
+        # imports torch and SB3 to read them (seconds on a busy machine).
         self._process = ctx.Process(
-            target=_serve, name="rlpipe-eval", daemon=True,
-            args=(spec, self._policy_class, self._policy_data, self._jobs, self._results))
+            target=eval_child.main, name="rlpipe-eval", daemon=True,
+            args=(os.getpid(), pickle.dumps((spec, self._policy_class, self._policy_data)), self._jobs,
+                  self._results))
         with _sigint_ignored():
             self._process.start()
         self.pending = 0
@@ -218,7 +234,7 @@ class BackgroundEvaluator:
         shots, self._in_flight, self.pending = list(self._in_flight.values()), {}, 0
         if not shots:
             return []
-        policy = self._policy_class(**self._policy_data)
+        policy = spare_policy(self._policy_class, self._policy_data)
         return [evaluate_snapshot(policy, env, shot, self._episodes) for shot in shots]
 
     @property

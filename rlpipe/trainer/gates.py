@@ -22,12 +22,12 @@ from rlpipe.jsonio import read_json, write_json_atomic
 from rlpipe.outcome import GateResult, SessionOutcome
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import evaluations_since_best
-from rlpipe.trainer.checkpoints import commit_checkpoint, verify
+from rlpipe.trainer.checkpoints import commit_checkpoint, sha256_file, verify
 
 log = logging.getLogger(__name__)
 
 BEST_DIR = "best"  # beside the step-* checkpoints; prune() only rotates step-*, so it is kept
-STATE_FILES = (B.MODEL, B.VECNORMALIZE, B.REPLAY_BUFFER)
+STATE_FILES = B.STATE_FILES
 
 
 def needs_inline_eval(session: SessionConfig) -> bool:
@@ -192,6 +192,9 @@ class SessionGates:
         meta_path = bundle_dir / B.BUNDLE_META
         meta = read_json(meta_path)
         meta["checkpoint"] = {"kind": "best", "timesteps": self._best[0], "mean_reward": self._best[1]}
+        # The manifest describes the files now in the bundle, so a resume verifies the best checkpoint's.
+        meta["files"] = sorted(p.name for p in bundle_dir.iterdir() if p.name != B.BUNDLE_META)
+        meta["sha256"] = {n: sha256_file(bundle_dir / n) for n in STATE_FILES if (bundle_dir / n).exists()}
         write_json_atomic(meta_path, meta)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,16 +33,20 @@ import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
 from rlpipe.algorithms import ALGORITHMS
 from rlpipe.config import SessionConfig
 from rlpipe.contract import ContainerPaths
-from rlpipe.jsonio import read_json, write_json_atomic
+from rlpipe.integrity import DamagedFile, MetricsShape, SessionDocShape, parse_checked
+from rlpipe.jsonio import write_json_atomic
 from rlpipe.outcome import SessionOutcome
 from rlpipe.state import utcnow
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
-from rlpipe.trainer.checkpoints import Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune
-from rlpipe.trainer.gates import SessionGates, needs_inline_eval
+from rlpipe.trainer.checkpoints import (Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune,
+                                        sha256_file)
+from rlpipe.trainer.eval_recovery import lost_steps, recover
 from rlpipe.trainer.eval_worker import BackgroundEvaluator, EvalEnvSpec, make_eval_env, spawn_can_start
+from rlpipe.trainer.gates import SessionGates, needs_inline_eval
 from rlpipe.trainer.replay import load_replay_buffer, save_replay_buffer
 from rlpipe.trainer.video import record_video
+from rlpipe.write_errors import naming, naming_full_disk
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,8 @@ class SessionTrainer:
         self.stop = stop or threading.Event()
         self.progress = progress
         self.started_at = started_at or utcnow()
-        doc = read_json(paths.session_file)
+        doc = parse_checked(paths.session_file, SessionDocShape, "the driver writes it: re-run the session "
+                            "from the runner (rlpipe run --resume) or re-submit the training job").model_dump()
         self.doc = doc
         self.session = SessionConfig.model_validate(doc["session"])
         self.global_offset = int(doc.get("global_timestep_offset", 0))
@@ -139,7 +143,11 @@ class SessionTrainer:
         self.notes: list[str] = []
         self.info = algorithm_class(self.session.algorithm)
         self.off_policy = issubclass(self.info, OffPolicyAlgorithm)
-        self._scratch = Path(tempfile.mkdtemp(prefix="rlpipe-bundle-"))
+        self.evaluation_gaps: list[dict[str, Any]] = []
+        # Extracted bundle archives: inside the session root (not the system temp dir), created only when a
+        # channel holds an archive; a copy left by a killed process is removed here.
+        self._scratch = paths.output / ".bundle-scratch"
+        shutil.rmtree(self._scratch, ignore_errors=True)
         self._checkpointed_at: int | None = None
         self.warm_started = False
         self.transfer_eval_seconds = 0.0
@@ -256,11 +264,35 @@ class SessionTrainer:
             log.warning("session %s: %s", s.name, note)
         return model, env, ckpt
 
+    def _recover_evaluations(self, evaluator: Evaluator, up_to: int) -> None:
+        """Run again the evaluations of the grid up to ``up_to`` that a kill lost; record those that cannot be."""
+        s = self.session
+        previous = None
+        if s.use_previous_checkpoint and 0 in lost_steps(s, self.history, up_to):
+            try:
+                previous = B.open_bundle(self.paths.previous, self._scratch)
+            except B.BundleError as exc:
+                log.warning("session %s: %s", s.name, exc)
+        shots, gaps = recover(s, self.history, up_to, self.paths.checkpoints, previous, s.seed + EVAL_SEED_OFFSET,
+                              evaluator.model.observation_space.shape)
+        for shot in shots:
+            log.info("session %s: evaluating %d steps again (lost to an interruption)", s.name, shot.timesteps)
+            evaluator.evaluate_snapshot(shot)
+        self.evaluation_gaps = [g.as_dict(self.global_offset) for g in gaps]
+        for gap in gaps:
+            log.warning("session %s: %s", s.name, gap.reason)
+            if gap.reason not in self.notes:
+                self.notes.append(gap.reason)
+
     def _recorded_evaluations(self) -> list[dict[str, Any]]:
+        path = self.paths.checkpoints / B.METRICS
+        if not path.exists():
+            return []
         try:
-            return list(read_json(self.paths.checkpoints / B.METRICS).get("evaluations", []))
-        except (OSError, ValueError, AttributeError):
-            return []  # none yet, or unreadable: the checkpoint's own list stands
+            return [e.model_dump() for e in parse_checked(path, MetricsShape, "ignored").evaluations]
+        except DamagedFile as exc:  # the checkpoint's own list stands; lost evaluations are run again
+            log.warning("session %s: %s", self.session.name, exc)
+            return []
 
     # -- outputs ------------------------------------------------------------------------------------------
     def _outcome(self, model: BaseAlgorithm, budget_cb: BudgetAndStop | None, ended: bool) -> SessionOutcome:
@@ -273,6 +305,7 @@ class SessionTrainer:
             "global_timestep_offset": self.global_offset, "timesteps": int(model.num_timesteps),
             "timesteps_budget": self.session.timesteps,
             "evaluations": evaluations,
+            "evaluation_gaps": self.evaluation_gaps,
             "best_eval_reward": max(rewards) if rewards else None,
             "final_eval_reward": rewards[-1] if rewards and ended else None,
             "timing": {"started_at": self.started_at,
@@ -285,11 +318,14 @@ class SessionTrainer:
         })
 
     def _save_state(self, model: BaseAlgorithm, env: VecEnv, into: Path) -> None:
-        model.save(str(into / B.MODEL))
+        with naming(into / B.MODEL):
+            model.save(str(into / B.MODEL))
         if isinstance(env, VecNormalize):
-            env.save(str(into / B.VECNORMALIZE))
+            with naming(into / B.VECNORMALIZE):
+                env.save(str(into / B.VECNORMALIZE))
         if self.off_policy:
-            save_replay_buffer(model, into / B.REPLAY_BUFFER)
+            with naming(into / B.REPLAY_BUFFER):
+                save_replay_buffer(model, into / B.REPLAY_BUFFER)
 
     def _checkpoint(self, model: BaseAlgorithm, env: VecEnv) -> None:
         steps = int(model.num_timesteps)
@@ -305,11 +341,16 @@ class SessionTrainer:
         commit_checkpoint(staging, directory / checkpoint_name(steps), steps,
                           {"session": self.session.name, "evaluations": self.history,
                            "carried": self.carried, "reset": self.reset, "notes": self.notes})
-        prune(directory, self.session.checkpoint.keep)
+        self._prune(steps)
         self._checkpointed_at = steps
         log.info("session %s: checkpoint at %d steps", self.session.name, steps)
         if self.timings is not None:
             self.timings("checkpoint", time.perf_counter() - clock)
+
+    def _prune(self, steps: int) -> None:
+        # A checkpoint whose evaluation has not come back yet is kept: a kill now would lose its weights too.
+        prune(self.paths.checkpoints, self.session.checkpoint.keep,
+              protect={checkpoint_name(x) for x in lost_steps(self.session, self.history, steps)})
 
     def _write_outcome(self, outcome: SessionOutcome) -> None:
         # Also beside the checkpoints: on AWS that prefix syncs to S3 as plain objects during training.
@@ -320,13 +361,16 @@ class SessionTrainer:
         out = self.paths.model
         out.mkdir(parents=True, exist_ok=True)
         self._save_state(model, env, out)
+        files = sorted(p.name for p in out.iterdir() if p.name != B.BUNDLE_META)
         write_json_atomic(out / B.BUNDLE_META, {
             "format_version": B.FORMAT_VERSION, "session": self.session.name, "env": self.session.env,
             "algorithm": self.session.algorithm, "timesteps": int(model.num_timesteps),
             "global_timesteps": self.global_offset + int(model.num_timesteps),
             "normalize": isinstance(env, VecNormalize), "off_policy": self.off_policy,
             "carried": self.carried, "reset": self.reset, "notes": self.notes, "created_at": utcnow(),
-            "files": sorted(p.name for p in out.iterdir() if p.name != B.BUNDLE_META),
+            "files": files,
+            # Checked before the bundle is used or reported (rlpipe.integrity); metrics and plot are rewritten.
+            "sha256": {n: sha256_file(out / n) for n in files if n in B.STATE_FILES},
         })
         self._write_outcome(outcome)
         try:
@@ -352,6 +396,10 @@ class SessionTrainer:
     # -- run ----------------------------------------------------------------------------------------------
     def run(self) -> SessionResult:
         """Train to the budget (or until stopped) and write the bundle; checkpoints along the way."""
+        with naming_full_disk(self.paths.root):  # e.g. tensorboard's writer: name the file that did not fit
+            return self._run()
+
+    def _run(self) -> SessionResult:
         s = self.session
         torch.set_num_threads(torch_threads_for(s))
         background: BackgroundEvaluator | None = None
@@ -380,11 +428,8 @@ class SessionTrainer:
                 clock = time.perf_counter()
                 evaluator.evaluate()
                 self.transfer_eval_seconds = round(time.perf_counter() - clock, 3)
-            elif (ckpt is not None and ckpt.timesteps < s.timesteps and ckpt.timesteps % s.eval.every_steps == 0
-                  and not any(h["timesteps"] == ckpt.timesteps for h in self.history)):
-                # The checkpoint's own step was still being evaluated in the background when the process ended;
-                # the weights are the checkpoint's and the seed follows the step, so this is the same evaluation.
-                evaluator.evaluate()
+            elif ckpt is not None and not self.stop.is_set():
+                self._recover_evaluations(evaluator, ckpt.timesteps)
             remaining = s.timesteps - int(model.num_timesteps)
             if remaining > 0 and not self.stop.is_set() and not gates.stopped:
                 model.learn(total_timesteps=remaining,
@@ -408,6 +453,7 @@ class SessionTrainer:
             self._write_bundle(model, env, outcome)
             gates.hand_over_best(self.paths.model)
             self._checkpoint(model, env)  # a re-run after a crash here only rewrites the bundle
+            self._prune(steps)  # every evaluation is in: checkpoints kept for theirs can go
             outcome = self._record_video(outcome, steps)
             return SessionResult("completed", steps, resumed_from, outcome)
         finally:
