@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from rlpipe.integrity import bundle_problem
 from rlpipe.jsonio import read_json
 from rlpipe.trainer.gates import BEST_DIR, first_stop
 from rlpipe.trainer.session import SessionTrainer
@@ -109,6 +110,8 @@ def test_checkpoint_best_hands_over_the_best_evaluation(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "checkpoints").glob("step-*")] == [f"step-{BUDGET:012d}"]
     assert any(n.startswith(f"hands over the checkpoint of its best evaluation ({best_step} steps")
                for n in out["notes"])
+    # The manifest describes the files handed over, so a resume that verifies bundles accepts it.
+    assert bundle_problem(tmp_path / "model") is None
 
 
 def test_best_checkpoint_is_the_best_evaluation_not_the_last(tmp_path: Path) -> None:
