@@ -10,6 +10,8 @@ GOALS = {
     "throughput_ratio_vs_sb3_defaults": (">=", 1.5),
     "transition_seconds_median": ("<=", 2.0),
     "transition_seconds_median_full_budget": ("<=", 2.0),
+    "sbx_sac_throughput_ratio_vs_sb3_defaults": (">=", 1.5),
+    "sbx_sac_throughput_ratio_vs_sbx_same_settings": (">=", 0.97),
 }
 
 
@@ -97,6 +99,19 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "reached": {"transfer": tf["arms"]["transfer"]["reached_threshold"],
                         "scratch": tf["arms"]["scratch"]["reached_threshold"]},
             "note": "over the seeds that reached the threshold in each arm"}
+    sx = results.get("sbx")
+    if sx:
+        from bench.sbx import worst
+
+        for key, name, what in (
+                ("ratio_vs_sb3_defaults", "sbx_sac_throughput_ratio_vs_sb3_defaults",
+                 "rlpipe SAC on the sbx backend (steady state) / SB3 SAC with SB3's defaults"),
+                ("ratio_vs_sbx_same_settings", "sbx_sac_throughput_ratio_vs_sbx_same_settings",
+                 "rlpipe SAC on the sbx backend (steady state) / plain SBX SAC with rlpipe's settings")):
+            value, env_id = worst(sx["cases"], key)
+            out[name] = {"value": value, "unit": "ratio of median env steps/s", "runs": len(sx["seeds"]),
+                         "worst_case": f"sac on {env_id}" if env_id else None, "what": what,
+                         "per_env": {c["env"]: c[key] for c in sx["cases"] if c["algorithm"] == "sac"}}
     for key, item in out.items():
         if key in GOALS:
             op, bound = GOALS[key]
@@ -407,6 +422,44 @@ def _orchestration_md(orch: dict[str, Any]) -> list[str]:
     return out
 
 
+def _sbx_md(sx: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 5. The sbx backend (JAX)",
+        "",
+        f"SBX {sx['versions']['sbx']}, JAX {sx['versions']['jax']} (CPU). Seeds {sx['seeds']}, one run per seed, "
+        f"window {sx['window_steps']:,} env steps after `learning_starts` (100); order: {sx['order']}. "
+        "**(a)** SB3's SAC with SB3's defaults (`SAC(\"MlpPolicy\", env)`, torch's default threads); "
+        "**(b-sbx)** a plain SBX script with rlpipe's exact settings (one env, VecNormalize, SBX's defaults, which "
+        "are SB3's SAC hyperparameters, rlpipe's thread rule for torch and XLA), no callbacks; **rlpipe**: "
+        "`SessionTrainer` with `backend: sbx`, evaluation and checkpoints every third of the window, priced "
+        "back to the default intervals (steady state, as in section 1). Final reward: 5 deterministic episodes "
+        "at the end of each run, same evaluation recipe and seed for every variant.",
+        "",
+        "| algorithm | env | (a) SB3 SAC defaults | (b-sbx) plain SBX | rlpipe sbx | rlpipe/(a) | paired rlpipe/(a) "
+        "| rlpipe/(b-sbx) | paired rlpipe/(b-sbx) | gradient updates (a / b-sbx / rlpipe) | background eval "
+        "| load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sx["cases"]:
+        r, u = c["rates"], c["update_share"]
+        lines.append(
+            f"| {c['algorithm'].upper() if c['algorithm'] != 'crossq' else 'CrossQ'} | {c['env']} "
+            f"| {_fig(r['sb3_defaults'], 1)} | {_fig(r['sbx_same_settings'], 1)} | {_fig(r['rlpipe_sbx'], 1)} "
+            f"| {_n(c['ratio_vs_sb3_defaults'], 2)} | {_fig(c['paired_ratio_vs_sb3_defaults'], 2)} "
+            f"| {_n(c['ratio_vs_sbx_same_settings'], 3)} | {_fig(c['paired_ratio_vs_sbx_same_settings'], 3)} "
+            f"| {' / '.join(_pct_or_dash(u[v]['median']) for v in ('sb3_defaults', 'sbx_same_settings', 'rlpipe_sbx'))} "
+            f"| {sum(c['background_eval'])}/{len(c['background_eval'])} | {_fig(c['load_average_1min'], 1)} |")
+    lines += ["", "Final reward at equal steps (mean ± std over the seeds):", "",
+              "| algorithm | env | (a) SB3 SAC defaults | (b-sbx) plain SBX | rlpipe sbx |", "|---|---|---|---|---|"]
+    for c in sx["cases"]:
+        f = c["final_reward"]
+        lines.append(f"| {c['algorithm']} | {c['env']} | {_mean_std(f['sb3_defaults'], 1)} "
+                     f"| {_mean_std(f['sbx_same_settings'], 1)} | {_mean_std(f['rlpipe_sbx'], 1)} |")
+    if sx.get("notes"):
+        lines += ["", *[f"- {n}" for n in sx["notes"]]]
+    return lines
+
+
 def render_markdown(results: dict[str, Any], analysis: list[str] | None = None) -> str:
     """RESULTS.md: headline, machine, one section per benchmark, notes."""
     m = results["machine"]
@@ -446,6 +499,8 @@ def render_markdown(results: dict[str, Any], analysis: list[str] | None = None) 
         lines += [*_transfer_md(results["transfer"]), ""]
     if results.get("orchestration"):
         lines += [*_orchestration_md(results["orchestration"]), ""]
+    if results.get("sbx"):
+        lines += [*_sbx_md(results["sbx"]), ""]
     if results.get("budgets_notes"):
         lines += ["## Budgets", "", *[f"- {n}" for n in results["budgets_notes"]], ""]
     return "\n".join(lines)
