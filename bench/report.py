@@ -426,8 +426,11 @@ def _sbx_md(sx: dict[str, Any]) -> list[str]:
     lines = [
         "## 5. The sbx backend (JAX)",
         "",
-        f"SBX {sx['versions']['sbx']}, JAX {sx['versions']['jax']} (CPU). Seeds {sx['seeds']}, one run per seed, "
-        f"window {sx['window_steps']:,} env steps after `learning_starts` (100); order: {sx['order']}. "
+        f"SBX {sx['versions']['sbx']}, JAX {sx['versions']['jax']} (CPU). SAC: seeds {sx['seeds']}, one run per "
+        f"seed and variant; CrossQ and the XLA thread comparison: seed 0. Window {sx['window_steps']:,} env steps, "
+        f"opened after `learning_starts` (100) and {sx.get('warmup_steps', 0)} more steps for every variant (SBX "
+        f"compiles its update at the first gradient step, once per process); order: {sx['order']}. "
+        "(a) is cut off after 45 s like the baselines of section 1 (its rate stays exact). "
         "**(a)** SB3's SAC with SB3's defaults (`SAC(\"MlpPolicy\", env)`, torch's default threads); "
         "**(b-sbx)** a plain SBX script with rlpipe's exact settings (one env, VecNormalize, SBX's defaults, which "
         "are SB3's SAC hyperparameters, rlpipe's thread rule for torch and XLA), no callbacks; **rlpipe**: "
@@ -449,12 +452,24 @@ def _sbx_md(sx: dict[str, Any]) -> list[str]:
             f"| {_n(c['ratio_vs_sbx_same_settings'], 3)} | {_fig(c['paired_ratio_vs_sbx_same_settings'], 3)} "
             f"| {' / '.join(_pct_or_dash(u[v]['median']) for v in ('sb3_defaults', 'sbx_same_settings', 'rlpipe_sbx'))} "
             f"| {sum(c['background_eval'])}/{len(c['background_eval'])} | {_fig(c['load_average_1min'], 1)} |")
-    lines += ["", "Final reward at equal steps (mean ± std over the seeds):", "",
-              "| algorithm | env | (a) SB3 SAC defaults | (b-sbx) plain SBX | rlpipe sbx |", "|---|---|---|---|---|"]
+    lines += ["", "Final reward at equal steps (mean ± std over the seeds; (a) only from runs not cut off, which "
+              "reached the same step count):", "",
+              "| algorithm | env | (a) SB3 SAC defaults | (b-sbx) plain SBX | rlpipe sbx | rlpipe sbx, XLA's default "
+              "threads | runs cut off ((a) / (b-sbx)) |", "|---|---|---|---|---|---|---|"]
     for c in sx["cases"]:
-        f = c["final_reward"]
+        f, cut = c["final_reward"], c.get("capped_runs", {})
         lines.append(f"| {c['algorithm']} | {c['env']} | {_mean_std(f['sb3_defaults'], 1)} "
-                     f"| {_mean_std(f['sbx_same_settings'], 1)} | {_mean_std(f['rlpipe_sbx'], 1)} |")
+                     f"| {_mean_std(f['sbx_same_settings'], 1)} | {_mean_std(f['rlpipe_sbx'], 1)} "
+                     f"| {_mean_std(f.get('rlpipe_sbx_xla_multi', {}), 1)} "
+                     f"| {cut.get('sb3_defaults', 0)} / {cut.get('sbx_same_settings', 0)} |")
+    lines += ["", "XLA threads (seed 0): rlpipe on sbx with XLA's default thread pool, relative to one intra-op "
+              "thread (the default on this machine):", "",
+              "| algorithm | env | one XLA thread | XLA's default pool | ratio |", "|---|---|---|---|---|"]
+    for c in sx["cases"]:
+        if c.get("ratio_xla_multi_vs_single") is not None:
+            r = c["rates"]
+            lines.append(f"| {c['algorithm']} | {c['env']} | {_fig(c['xla_single_same_seeds'], 1)} "
+                         f"| {_fig(r['rlpipe_sbx_xla_multi'], 1)} | {_n(c['ratio_xla_multi_vs_single'], 3)} |")
     if sx.get("notes"):
         lines += ["", *[f"- {n}" for n in sx["notes"]]]
     return lines

@@ -264,6 +264,9 @@ def test_image_has_the_jax_backend_cpu_by_default_and_cuda_in_the_cuda_build() -
     assert "JAX_CUDA" not in BUILD_ARGS["cpu"] and BUILD_ARGS["cuda"]["JAX_CUDA"] == "cuda12"
     jax = _pyproject()["project"]["optional-dependencies"]["jax"]
     assert any(d.startswith("sbx-rl") for d in jax) and any(d.startswith("jax") for d in jax)
+    # The Lambdas validate sbx sessions from plain tables; their layers stay without JAX.
+    for requirements in (Path(__file__).resolve().parent.parent / "lambdas" / "layers").glob("*/requirements.txt"):
+        assert not re.search(r"(?im)^\s*(jax|jaxlib|sbx|flax)", requirements.read_text()), requirements
 
 
 def test_sagemaker_sdk_stays_out_of_the_image() -> None:
