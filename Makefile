@@ -27,7 +27,7 @@ $(BIN)/python:
 
 $(VENV)/.train: pyproject.toml | $(BIN)/python
 	$(PIP) $(TORCH)
-	$(PIP) -e ".[train,cli]"
+	$(PIP) -e ".[train,cli,jax]"
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python

@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only throughput,transition,transfer,orchestration] [--out DIR]``.
+"""``python -m bench [--quick] [--only throughput,transition,transfer,orchestration,sbx] [--out DIR]``.
 
 Runs the benchmarks in this order (throughput first, while nothing of ours runs beside it) and writes
 ``results.json``, ``RESULTS.md`` and the plots into ``--out`` (default: this directory). The results are
@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import analysis, machine, orchestration, report, throughput, transfer, transition
+from bench import analysis, machine, orchestration, report, sbx, throughput, transfer, transition
 from bench.settings import FULL, QUICK, SMOKE, Budgets
 from rlpipe.jsonio import read_json, write_json_atomic
 
-SECTIONS = ("throughput", "transition", "transfer", "orchestration")
+SECTIONS = ("throughput", "transition", "transfer", "orchestration", "sbx")
 HERE = Path(__file__).resolve().parent
 THROUGHPUT_PNG = "throughput.png"
 TRANSFER_PNG = "transfer_vs_scratch.png"
@@ -129,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                 "spawn_to_first_step_seconds"]["median"]
         try:
             results["orchestration"] = orchestration.run(budgets, first_step, workdir("orchestration"))
-        except Exception as exc:  # the AWS side is being built in parallel: report, don't lose the rest
+        except Exception as exc:  # a failed model of the AWS path is reported; the other sections stay
             log.exception("orchestration benchmark failed")
             results["orchestration"] = {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
         finish_section("orchestration", t0)
+    if "sbx" in only:
+        t0 = time.perf_counter()
+        results["sbx"] = sbx.run(budgets, workdir("sbx"))
+        finish_section("sbx", t0)
     log.info("wrote %s and %s (%.1f min)", out / "results.json", out / "RESULTS.md", results["wall_seconds"] / 60)
     return 0
 

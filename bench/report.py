@@ -11,6 +11,8 @@ GOALS = {
     "transition_seconds_median": ("<=", 2.0),
     "transition_seconds_median_full_budget": ("<=", 2.0),
     "cloud_end_to_next_create_seconds": ("<=", 20.0),
+    "sbx_sac_throughput_ratio_vs_sb3_defaults": (">=", 1.5),
+    "sbx_sac_throughput_ratio_vs_sbx_same_settings": (">=", 0.97),
 }
 
 
@@ -113,6 +115,19 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                 for k, v in lengths.items()},
             "lambda_durations": "handlers measured locally against moto; EventBridge delivery, SDK calls and "
                                 "transitions assumed (orchestration.job_end.assumptions)"}
+    sx = results.get("sbx")
+    if sx:
+        from bench.sbx import worst
+
+        for key, name, what in (
+                ("ratio_vs_sb3_defaults", "sbx_sac_throughput_ratio_vs_sb3_defaults",
+                 "rlpipe SAC on the sbx backend (steady state) / SB3 SAC with SB3's defaults"),
+                ("ratio_vs_sbx_same_settings", "sbx_sac_throughput_ratio_vs_sbx_same_settings",
+                 "rlpipe SAC on the sbx backend (steady state) / plain SBX SAC with rlpipe's settings")):
+            value, env_id = worst(sx["cases"], key)
+            out[name] = {"value": value, "unit": "ratio of median env steps/s", "runs": len(sx["seeds"]),
+                         "worst_case": f"sac on {env_id}" if env_id else None, "what": what,
+                         "per_env": {c["env"]: c[key] for c in sx["cases"] if c["algorithm"] == "sac"}}
     for key, item in out.items():
         if key in GOALS:
             op, bound = GOALS[key]
@@ -459,6 +474,59 @@ def _job_end_md(je: dict[str, Any]) -> list[str]:
     return out
 
 
+def _sbx_md(sx: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 5. The sbx backend (JAX)",
+        "",
+        f"SBX {sx['versions']['sbx']}, JAX {sx['versions']['jax']} (CPU). SAC: seeds {sx['seeds']}, one run per "
+        f"seed and variant; CrossQ and the XLA thread comparison: seed 0. Window {sx['window_steps']:,} env steps, "
+        f"opened after `learning_starts` (100) and {sx.get('warmup_steps', 0)} more steps for every variant (SBX "
+        f"compiles its update at the first gradient step, once per process); order: {sx['order']}. "
+        "(a) is cut off after 45 s like the baselines of section 1 (its rate stays exact). "
+        "**(a)** SB3's SAC with SB3's defaults (`SAC(\"MlpPolicy\", env)`, torch's default threads); "
+        "**(b-sbx)** a plain SBX script with rlpipe's exact settings (one env, VecNormalize, SBX's defaults, which "
+        "are SB3's SAC hyperparameters, rlpipe's thread rule for torch and XLA), no callbacks; **rlpipe**: "
+        "`SessionTrainer` with `backend: sbx`, evaluation and checkpoints every third of the window, priced "
+        "back to the default intervals (steady state, as in section 1). Final reward: 5 deterministic episodes "
+        "at the end of each run, same evaluation recipe and seed for every variant.",
+        "",
+        "| algorithm | env | (a) SB3 SAC defaults | (b-sbx) plain SBX | rlpipe sbx | rlpipe/(a) | paired rlpipe/(a) "
+        "| rlpipe/(b-sbx) | paired rlpipe/(b-sbx) | gradient updates (a / b-sbx / rlpipe) | background eval "
+        "| load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sx["cases"]:
+        r, u = c["rates"], c["update_share"]
+        lines.append(
+            f"| {c['algorithm'].upper() if c['algorithm'] != 'crossq' else 'CrossQ'} | {c['env']} "
+            f"| {_fig(r['sb3_defaults'], 1)} | {_fig(r['sbx_same_settings'], 1)} | {_fig(r['rlpipe_sbx'], 1)} "
+            f"| {_n(c['ratio_vs_sb3_defaults'], 2)} | {_fig(c['paired_ratio_vs_sb3_defaults'], 2)} "
+            f"| {_n(c['ratio_vs_sbx_same_settings'], 3)} | {_fig(c['paired_ratio_vs_sbx_same_settings'], 3)} "
+            f"| {' / '.join(_pct_or_dash(u[v]['median']) for v in ('sb3_defaults', 'sbx_same_settings', 'rlpipe_sbx'))} "
+            f"| {sum(c['background_eval'])}/{len(c['background_eval'])} | {_fig(c['load_average_1min'], 1)} |")
+    lines += ["", "Final reward at equal steps (mean ± std over the seeds; (a) only from runs not cut off, which "
+              "reached the same step count):", "",
+              "| algorithm | env | (a) SB3 SAC defaults | (b-sbx) plain SBX | rlpipe sbx | rlpipe sbx, XLA's default "
+              "threads | runs cut off ((a) / (b-sbx)) |", "|---|---|---|---|---|---|---|"]
+    for c in sx["cases"]:
+        f, cut = c["final_reward"], c.get("capped_runs", {})
+        lines.append(f"| {c['algorithm']} | {c['env']} | {_mean_std(f['sb3_defaults'], 1)} "
+                     f"| {_mean_std(f['sbx_same_settings'], 1)} | {_mean_std(f['rlpipe_sbx'], 1)} "
+                     f"| {_mean_std(f.get('rlpipe_sbx_xla_multi', {}), 1)} "
+                     f"| {cut.get('sb3_defaults', 0)} / {cut.get('sbx_same_settings', 0)} |")
+    lines += ["", "XLA threads (seed 0): rlpipe on sbx with XLA's default thread pool, relative to one intra-op "
+              "thread (the default on this machine):", "",
+              "| algorithm | env | one XLA thread | XLA's default pool | ratio |", "|---|---|---|---|---|"]
+    for c in sx["cases"]:
+        if c.get("ratio_xla_multi_vs_single") is not None:
+            r = c["rates"]
+            lines.append(f"| {c['algorithm']} | {c['env']} | {_fig(c['xla_single_same_seeds'], 1)} "
+                         f"| {_fig(r['rlpipe_sbx_xla_multi'], 1)} | {_n(c['ratio_xla_multi_vs_single'], 3)} |")
+    if sx.get("notes"):
+        lines += ["", *[f"- {n}" for n in sx["notes"]]]
+    return lines
+
+
 def render_markdown(results: dict[str, Any], analysis: list[str] | None = None) -> str:
     """RESULTS.md: headline, machine, one section per benchmark, notes."""
     m = results["machine"]
@@ -498,6 +566,8 @@ def render_markdown(results: dict[str, Any], analysis: list[str] | None = None) 
         lines += [*_transfer_md(results["transfer"]), ""]
     if results.get("orchestration"):
         lines += [*_orchestration_md(results["orchestration"]), ""]
+    if results.get("sbx"):
+        lines += [*_sbx_md(results["sbx"]), ""]
     if results.get("budgets_notes"):
         lines += ["## Budgets", "", *[f"- {n}" for n in results["budgets_notes"]], ""]
     return "\n".join(lines)

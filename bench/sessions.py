@@ -29,17 +29,20 @@ def default_session_dict(index: int = 0) -> dict[str, Any]:
 
 
 def throughput_session(algorithm: str, env_id: str, timesteps: int, interval: int | None = None,
-                       background_eval: bool | None = None) -> SessionConfig:
+                       background_eval: bool | None = None, backend: str = "sb3",
+                       seed: int | None = None) -> SessionConfig:
     """The default curriculum's first session on ``env_id`` with ``algorithm``.
 
     For an algorithm other than the curriculum's (PPO), its hyperparameters and ``n_envs`` fall back to the
     schema's defaults for that algorithm: the curriculum's hyperparameters are PPO's. ``interval`` (when
     given) replaces the evaluation and checkpoint intervals, so a short window still holds some of each;
-    ``background_eval`` (when given) sets ``eval.background``.
+    ``background_eval`` (when given) sets ``eval.background``; ``backend`` and ``seed`` those settings.
     """
     raw = default_session_dict(0)
-    raw.update(name="throughput", env=env_id, timesteps=timesteps)
-    if algorithm != raw["algorithm"]:
+    raw.update(name="throughput", env=env_id, timesteps=timesteps, backend=backend)
+    if seed is not None:
+        raw["seed"] = seed
+    if algorithm != raw["algorithm"] or backend != "sb3":
         raw.update(algorithm=algorithm, n_envs=None, hyperparameters={})
     if interval is not None:
         raw["eval"]["every_steps"] = interval

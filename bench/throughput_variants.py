@@ -15,6 +15,7 @@ its last ``on_step``; the rate is steps / seconds inside that window. Setup and 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -84,7 +85,7 @@ def _timer_class() -> type:
     return StepWindow
 
 
-def install_window(opens_after: int, max_seconds: float | None) -> Any:
+def install_window(opens_after: int, max_seconds: float | None, also_time: tuple[type, ...] = ()) -> Any:
     """Append a timing callback to every ``learn()`` call in this process; returns it."""
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -109,7 +110,7 @@ def install_window(opens_after: int, max_seconds: float | None) -> Any:
             return _original(self, total_timesteps, callback, *args, **kwargs)
 
         base.learn = learn  # type: ignore[method-assign]
-    for cls in (_algorithm(name) for name in ("ppo", "a2c", "sac", "td3")):
+    for cls in (*(_algorithm(name) for name in ("ppo", "a2c", "sac", "td3")), *also_time):
         # Time each gradient-update phase (``train()``) that starts inside the window: what the algorithm's
         # own work costs per step, apart from env stepping and everything around it.
         def train(self: Any, *args: Any, _original: Any = cls.train, **kwargs: Any) -> Any:
@@ -135,12 +136,30 @@ def _opens_after(algorithm_cls: type, model_kwargs: dict[str, Any]) -> int:
     return int(model_kwargs.get("learning_starts", default))
 
 
-def _algorithm(name: str) -> type:
-    import stable_baselines3
+def _algorithm(name: str, backend: str = "sb3") -> type:
+    from rlpipe.trainer.session import algorithm_class
 
-    from rlpipe.algorithms import ALGORITHMS
+    return algorithm_class(name, backend)
 
-    return getattr(stable_baselines3, ALGORITHMS[name].sb3_class)
+
+def final_reward(model: Any, env_id: str, seed: int, episodes: int = 5) -> float:
+    """Mean deterministic reward of ``model`` over ``episodes`` on a fresh env built by the trainer's evaluation
+    recipe (the training env's observation statistics, raw rewards, the trainer's evaluation seed)."""
+    import copy
+
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from rlpipe.trainer.eval_worker import EvalEnvSpec, make_eval_env
+    from rlpipe.trainer.session import EVAL_SEED_OFFSET, MAX_EVAL_ENVS
+
+    norm = model.get_vec_normalize_env()
+    env = make_eval_env(EvalEnvSpec(env_id, {}, min(episodes, MAX_EVAL_ENVS), episodes, normalize=norm is not None,
+                                    seed=seed + EVAL_SEED_OFFSET))
+    if norm is not None:
+        env.obs_rms = copy.deepcopy(norm.obs_rms)
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, warn=False)
+    env.close()
+    return round(float(mean), 3)
 
 
 def run_sb3_defaults(spec: dict[str, Any]) -> dict[str, Any]:
@@ -151,12 +170,15 @@ def run_sb3_defaults(spec: dict[str, Any]) -> dict[str, Any]:
     import rlpipe.envs  # noqa: F401  (registers rlpipe/* ids)
 
     cls = _algorithm(spec["algorithm"])
-    opens_after = _opens_after(cls, {})
+    opens_after = _opens_after(cls, {}) + spec.get("warmup", 0)
     timer = install_window(opens_after, spec.get("max_seconds"))
     env = gym.make(spec["env"])
     model = cls("MlpPolicy", env, seed=spec.get("seed", 0))
     model.learn(total_timesteps=opens_after + spec["window"])
-    return {**timer.result(), "torch_threads": torch.get_num_threads(), "n_envs": model.n_envs,
+    window = timer.result()
+    if spec.get("final_reward"):
+        window["final_reward"] = final_reward(model, spec["env"], spec.get("seed", 0))
+    return {**window, "torch_threads": torch.get_num_threads(), "n_envs": model.n_envs,
             "settings": "SB3 defaults"}
 
 
@@ -172,20 +194,29 @@ def run_sb3_same_settings(spec: dict[str, Any]) -> dict[str, Any]:
 
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-    s = throughput_session(spec["algorithm"], spec["env"], spec["timesteps"])
-    cls = _algorithm(s.algorithm)
+    backend = spec.get("backend", "sb3")
+    s = throughput_session(spec["algorithm"], spec["env"], spec["timesteps"], backend=backend, seed=spec.get("seed"))
+    if backend == "sbx":
+        from rlpipe.trainer.backends import configure_xla_threads
+
+        configure_xla_threads(s)  # the trainer's own rule, before JAX starts
+    cls = _algorithm(s.algorithm, backend)
     torch.set_num_threads(torch_threads_for(s))  # the trainer's own rule
-    opens_after = _opens_after(cls, s.hyperparameters)
-    timer = install_window(opens_after, spec.get("max_seconds"))
+    opens_after = _opens_after(cls, s.hyperparameters) + spec.get("warmup", 0)
+    timer = install_window(opens_after, spec.get("max_seconds"), (cls,) if backend != "sb3" else ())
     env = make_vec_env(s.env, n_envs=s.n_envs, seed=s.seed, env_kwargs=dict(s.env_kwargs),
                        vec_env_cls=choose_vec_env(s))
     if s.normalize:
         env = VecNormalize(env, norm_obs=True, norm_reward=True, gamma=float(s.hyperparameters.get("gamma", 0.99)))
     model = cls(s.policy, env, seed=s.seed, device=getattr(s, "device", "cpu"), verbose=0, **s.hyperparameters)
     model.learn(total_timesteps=opens_after + spec["window"])
-    return {**timer.result(), "torch_threads": torch.get_num_threads(), "n_envs": model.n_envs,
+    window = timer.result()
+    if spec.get("final_reward"):
+        window["final_reward"] = final_reward(model, s.env, s.seed)
+    return {**window, "torch_threads": torch.get_num_threads(), "n_envs": model.n_envs,
+            "xla_flags": os.environ.get("XLA_FLAGS"),
             "settings": s.model_dump(mode="json", include={"n_envs", "hyperparameters", "normalize",
-                                                           "torch_threads", "vec_env"})}
+                                                           "torch_threads", "vec_env", "backend"})}
 
 
 def run_raw_env(spec: dict[str, Any]) -> dict[str, Any]:
@@ -241,9 +272,15 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
     from rlpipe.trainer import session as trainer_session
 
     s = throughput_session(spec["algorithm"], spec["env"], spec["timesteps"], spec.get("interval"),
-                           background_eval=spec.get("background_eval"))
-    cls = trainer_session.algorithm_class(s.algorithm)
-    timer = install_window(_opens_after(cls, s.hyperparameters), None)
+                           background_eval=spec.get("background_eval"), backend=spec.get("backend", "sb3"),
+                           seed=spec.get("seed"))
+    cls = trainer_session.algorithm_class(s.algorithm, s.backend)
+    timer = install_window(_opens_after(cls, s.hyperparameters) + spec.get("warmup", 0), None,
+                           (cls,) if s.backend != "sb3" else ())
+    if spec.get("xla_multi_thread"):  # the thread-rule comparison: XLA's default pool instead of one thread
+        from rlpipe.trainer import backends
+
+        backends.xla_single_threaded_for = lambda session: False  # type: ignore[assignment]
     periodic: dict[str, list[float]] = {"eval": [], "checkpoint": [], "eval_steps": [], "record": []}
 
     def timed(kind: str, fn: Any) -> Any:
@@ -291,11 +328,15 @@ def run_rlpipe(spec: dict[str, Any]) -> dict[str, Any]:
             "record_seconds": [round(x, 4) for x in periodic["record"]],
             "worker_eval_seconds": [round(x, 4) for x in worker["seconds"]],
             "worker_eval_env_steps": worker["env_steps"],
-            "trainer_reported_fps": metrics.get("timing", {}).get("fps"), "status": result.status}
+            "trainer_reported_fps": metrics.get("timing", {}).get("fps"), "status": result.status,
+            "final_reward": metrics.get("final_eval_reward"), "xla_flags": os.environ.get("XLA_FLAGS")}
 
 
 VARIANTS = {"sb3_defaults": run_sb3_defaults, "sb3_same_settings": run_sb3_same_settings,
-            "raw_env": run_raw_env, "rlpipe": run_rlpipe, "rlpipe_in_process": run_rlpipe}
+            "raw_env": run_raw_env, "rlpipe": run_rlpipe, "rlpipe_in_process": run_rlpipe,
+            # the sbx section (bench/sbx.py): the same two scripts with backend sbx in the spec
+            "sbx_same_settings": run_sb3_same_settings, "rlpipe_sbx": run_rlpipe,
+            "rlpipe_sbx_xla_multi": run_rlpipe}
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from rlpipe.algorithms import describe_backends
 from rlpipe.config import ConfigError, PipelineConfig, json_schema, load_pipeline
 from rlpipe.contract import STATE_FILE
 from rlpipe.plan import CostCeilingError, Plan, build_plan, check_cost_ceiling
@@ -51,6 +52,9 @@ def validate(config: ConfigArg) -> None:
     """Check a pipeline; print every problem (session, field, what is valid). Exit 0 when valid."""
     pipeline = _load(config)
     console.print(f"[green]valid[/]: {pipeline.name}, {len(pipeline.sessions)} session(s)")
+    for s in pipeline.sessions:
+        console.print(f"  {s.name}: {s.algorithm} on backend {s.backend}", markup=False, highlight=False)
+    console.print(f"algorithms by backend: {describe_backends()}", markup=False, highlight=False)
 
 
 @app.command()

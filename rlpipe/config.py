@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from rlpipe import hyperparameters as hp_specs
 from rlpipe import yamlsafe
-from rlpipe.algorithms import ALGORITHMS
+from rlpipe.algorithms import AlgorithmInfo, algorithm_info, describe_backends, offered
 from rlpipe.contract import METRIC_NAMES
 
 # Session names become parts of SageMaker job names ([a-zA-Z0-9](-*[a-zA-Z0-9])*, <= 63 chars) together with
@@ -173,7 +173,10 @@ class Require(_Strict):
 class SessionSettings(_Strict):
     """Settings that ``defaults`` may give to every session."""
 
-    algorithm: Literal["ppo", "sac", "td3", "a2c"] = "ppo"
+    backend: Literal["sb3", "sbx"] = Field("sb3", description="sb3: stable-baselines3 (torch); sbx: SBX (JAX), "
+                                          "needs the jax extra. Algorithms: " + describe_backends())
+    algorithm: Literal["ppo", "sac", "td3", "a2c", "tqc", "crossq"] = Field(
+        "ppo", description="offered per backend: " + describe_backends())
     policy: Literal["MlpPolicy"] = "MlpPolicy"
     n_envs: int | None = Field(None, ge=1, le=256, description="default: 4 on-policy, 1 off-policy")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -192,28 +195,43 @@ class SessionSettings(_Strict):
     require: Require | None = None
     handoff: Handoff = Handoff()
 
+    @field_validator("algorithm")
+    @classmethod
+    def _offered_by_backend(cls, algorithm: str, info: ValidationInfo) -> str:
+        backend = info.data.get("backend")
+        if backend is not None and backend not in offered(algorithm):
+            raise ValueError(f"{algorithm} is not offered by backend {backend}; use backend "
+                             f"{' or '.join(offered(algorithm))} or another algorithm ({describe_backends()})")
+        return algorithm
+
     @field_validator("hyperparameters")
     @classmethod
     def _known_hyperparameters(cls, hps: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        algorithm = info.data.get("algorithm")
-        if algorithm is None:
+        algorithm, backend = info.data.get("algorithm"), info.data.get("backend")
+        if algorithm is None or backend is None:
             return hps
-        valid = ALGORITHMS[algorithm].hyperparameters
+        valid = algorithm_info(algorithm, backend).hyperparameters
         unknown = sorted(set(hps) - valid)
         if unknown:
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(key, sorted(valid), n=1)
                 hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ValueError(f"unknown for {algorithm}: {', '.join(hints)}; valid: {', '.join(sorted(valid))}")
+            what = algorithm if backend == "sb3" else f"{algorithm} on backend {backend}"
+            raise ValueError(f"unknown for {what}: {', '.join(hints)}; valid: {', '.join(sorted(valid))}")
         return hps
 
     @field_validator("hyperparameters")
     @classmethod
     def _typed_hyperparameters(cls, hps: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        # Types and ranges as SB3's constructor takes them; one error per key, at hyperparameters.<key>.
-        algorithm = info.data.get("algorithm")
-        return hps if algorithm is None else hp_specs.check_all(algorithm, hps)
+        # Types and ranges as the backend's constructor takes them; one error per key, at hyperparameters.<key>.
+        algorithm, backend = info.data.get("algorithm"), info.data.get("backend")
+        return hps if algorithm is None or backend is None else hp_specs.check_all(algorithm, hps, backend)
+
+    @property
+    def info(self) -> AlgorithmInfo:
+        """Static facts about this session's algorithm on its backend."""
+        return algorithm_info(self.algorithm, self.backend)
 
 
 class SessionConfig(SessionSettings):
@@ -231,9 +249,9 @@ class SessionConfig(SessionSettings):
     def _default_n_envs(cls, n_envs: Any, info: ValidationInfo) -> Any:
         if n_envs is not None:
             return n_envs
-        algorithm = info.data.get("algorithm")
+        algorithm, backend = info.data.get("algorithm"), info.data.get("backend")
         # An invalid algorithm is reported on its own; 1 only keeps this field from adding a second problem.
-        return ALGORITHMS[algorithm].default_n_envs if algorithm in ALGORITHMS else 1
+        return algorithm_info(algorithm, backend).default_n_envs if backend in offered(str(algorithm)) else 1
 
     @field_validator("timesteps")
     @classmethod
@@ -575,7 +593,7 @@ def check_transfers(pipeline: PipelineConfig, check_envs: bool = True,
                 hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else \
                     "see `python -c \"import gymnasium; gymnasium.pprint_registry()\"`"
                 problems.append(Problem("env", f"unknown environment id {s.env!r}; {hint}", s.name))
-            elif ALGORITHMS[s.algorithm].needs_box_actions and sig["action"]["type"] != "Box":
+            elif s.info.needs_box_actions and sig["action"]["type"] != "Box":
                 problems.append(Problem("algorithm", f"{s.algorithm} needs a continuous (Box) action space; "
                                         f"{s.env} has {envspec.describe(sig['action'])}", s.name))
     index = positions or {s.name: i for i, s in enumerate(pipeline.sessions)}
@@ -609,6 +627,11 @@ def _transfer_problems(prev: SessionConfig, s: SessionConfig) -> list[Problem]:
     def problem(field: str, message: str) -> None:
         problems.append(Problem(field, message, s.name))
 
+    if prev.backend != s.backend:
+        problem("backend", f"cross-backend warm start refused: '{prev.name}' trains with backend {prev.backend} and "
+                f"this session with {s.backend}; their policies and optimizer states are stored differently. "
+                f"Use backend {prev.backend} or set use_previous_checkpoint: false")
+        return problems
     if prev.algorithm != s.algorithm:
         problem("algorithm", f"cannot warm-start {s.algorithm} from '{prev.name}' trained with {prev.algorithm}: "
                 f"policies differ; use {prev.algorithm} or set use_previous_checkpoint: false")
@@ -622,13 +645,13 @@ def _transfer_problems(prev: SessionConfig, s: SessionConfig) -> list[Problem]:
     if prev.normalize != s.normalize:
         problem("normalize", f"must equal '{prev.name}''s ({prev.normalize}): the policy was trained on "
                 f"{'normalized' if prev.normalize else 'raw'} observations")
-    info = ALGORITHMS[s.algorithm]
+    info = s.info
     if not info.off_policy and s.handoff.replay_buffer == "carry":
         problem("handoff.replay_buffer", f"{s.algorithm} is on-policy and has no replay buffer; use reset")
     if info.off_policy and s.handoff.replay_buffer == "carry" and prev.n_envs != s.n_envs:
         problem("handoff.replay_buffer", f"carrying the replay buffer needs n_envs equal to '{prev.name}''s "
                 f"({prev.n_envs}); got {s.n_envs}")
-    if s.algorithm == "sac" and s.handoff.optimizer == "carry":
+    if s.algorithm in ("sac", "tqc", "crossq") and s.handoff.optimizer == "carry":
         learned = [str(x.get("ent_coef", "auto")).startswith("auto") for x in (prev_hp, hp)]
         if learned[0] != learned[1]:
             problem("hyperparameters.ent_coef", f"a learned ('auto') and a fixed entropy coefficient cannot share "

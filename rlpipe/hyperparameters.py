@@ -1,8 +1,8 @@
-"""The type and range of every hyperparameter a config may give, as SB3's constructors take them.
+"""The type and range of every hyperparameter a config may give, as SB3's and SBX's constructors take them.
 
-Plain data like :mod:`rlpipe.algorithms` (the AWS Lambdas validate configs without SB3);
-``tests/test_hyperparameters.py`` checks each entry against the annotation and default of SB3's real
-constructors. Ranges are what SB3 and torch accept and what fits in memory on one training instance; a value
+Plain data like :mod:`rlpipe.algorithms` (the AWS Lambdas validate configs without SB3 or SBX);
+``tests/test_hyperparameters.py`` checks each entry against the annotation and default of the real
+constructors of both backends. Ranges are what SB3 and torch accept and what fits in memory on one training instance; a value
 outside them would fail (or hang) only once the run has started.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from rlpipe.algorithms import ALGORITHMS
+from rlpipe.algorithms import algorithm_info
 
 Kind = Literal["int", "float", "bool", "kwargs", "float_or_auto", "train_freq"]
 
@@ -105,18 +105,22 @@ SPECS: dict[str, Spec] = {
     "policy_delay": _int(1, 1_000_000, example="2"),
     "target_policy_noise": _float(0, 1e3, example="0.2"),
     "target_noise_clip": _float(0, 1e3, example="0.5"),
+    # SBX only
+    "qf_learning_rate": _float(0, 1, low_open=True, optional=True, example="1e-3 (null: learning_rate)"),
+    "top_quantiles_to_drop_per_net": _int(0, 1000, example="2"),
 }
+_ENTROPY_COEF = Spec("float_or_auto", 0, 1e3, example="'auto', 'auto_0.1' or 0.01")
+_N_STEP_RETURNS = _int(1, 1000, example="1")  # n-step returns, not a rollout length
 _BY_ALGORITHM: dict[tuple[str, str], Spec] = {
     ("ppo", "batch_size"): _int(2, 1_000_000, example="64"),  # SB3 asserts batch_size > 1
-    ("sac", "ent_coef"): Spec("float_or_auto", 0, 1e3, example="'auto', 'auto_0.1' or 0.01"),
-    ("sac", "n_steps"): _int(1, 1000, example="1"),  # n-step returns, not a rollout length
-    ("td3", "n_steps"): _int(1, 1000, example="1"),
+    **{(a, "ent_coef"): _ENTROPY_COEF for a in ("sac", "tqc", "crossq")},
+    **{(a, "n_steps"): _N_STEP_RETURNS for a in ("sac", "td3", "tqc", "crossq")},
 }
 
 
-def spec(algorithm: str, name: str) -> Spec:
-    """The spec of hyperparameter ``name`` for ``algorithm`` (KeyError when the algorithm does not take it)."""
-    if name not in ALGORITHMS[algorithm].hyperparameters:
+def spec(algorithm: str, name: str, backend: str = "sb3") -> Spec:
+    """The spec of hyperparameter ``name`` for ``algorithm`` on ``backend`` (KeyError when it does not take it)."""
+    if name not in algorithm_info(algorithm, backend).hyperparameters:
         raise KeyError(name)
     return _BY_ALGORITHM.get((algorithm, name)) or SPECS[name]
 
@@ -173,8 +177,9 @@ def check(s: Spec, value: Any, name: str = "") -> tuple[Any, str | None]:
     return value, None
 
 
-def check_all(algorithm: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """``hyperparameters`` as SB3 takes them; raises a pydantic ``ValidationError`` with one error per bad key.
+def check_all(algorithm: str, hyperparameters: dict[str, Any], backend: str = "sb3") -> dict[str, Any]:
+    """``hyperparameters`` as the backend takes them; raises a pydantic ``ValidationError`` with one error per
+    bad key.
 
     Names the algorithm does not take are left to the caller (they get their own did-you-mean message).
     """
@@ -182,10 +187,12 @@ def check_all(algorithm: str, hyperparameters: dict[str, Any]) -> dict[str, Any]
     errors: list[InitErrorDetails] = []
     for name, value in hyperparameters.items():
         try:
-            s = spec(algorithm, name)
+            s = spec(algorithm, name, backend)
         except KeyError:
             continue
         out[name], problem = check(s, value, name)
+        if backend == "sbx" and not problem and s.kind in ("float", "float_or_auto") and type(out[name]) is int:
+            out[name] = float(out[name])  # SBX asserts floats (ent_coef: 1 would fail inside its constructor)
         if problem:
             errors.append(InitErrorDetails(type=PydanticCustomError("hyperparameter", problem), loc=(name,),
                                            input=value))

@@ -12,7 +12,6 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from rlpipe.algorithms import ALGORITHMS
 from rlpipe.config import PipelineConfig, SessionConfig
 
 
@@ -104,7 +103,7 @@ def handoff_parts(s: SessionConfig) -> tuple[list[str], list[str]]:
     (carried if s.handoff.optimizer == "carry" else reset).append("optimizer")
     if s.normalize:  # without VecNormalize there are no statistics to carry or reset
         (carried if s.handoff.vecnormalize == "carry" else reset).append("vecnormalize")
-    if ALGORITHMS[s.algorithm].off_policy:
+    if s.info.off_policy:
         (carried if s.handoff.replay_buffer == "carry" else reset).append("replay_buffer")
     # Each session has its own budget: SB3's num_timesteps restarts at 0; the global offset is kept for plots.
     reset.append("num_timesteps")
@@ -123,7 +122,8 @@ def build_plan(pipeline: PipelineConfig) -> Plan:
         reuses, reason = can_reuse_pool(prev, s) if prev else (False, "first session")
         next_reuses = can_reuse_pool(s, nxt)[0] if nxt else False
         carried, reset = handoff_parts(s)
-        sps = prices["throughput_steps_per_second"][s.algorithm]
+        rates_sps = prices["throughput_steps_per_second"]
+        sps = rates_sps[s.algorithm] if s.backend == "sb3" else rates_sps[f"{s.backend}:{s.algorithm}"]
         train_s = s.timesteps / sps
         startup = prices["startup_seconds"]["warm_pool" if reuses else "cold"]
         # The pool idles from this job's end until the next job claims it: about one warm start.
@@ -141,7 +141,7 @@ def build_plan(pipeline: PipelineConfig) -> Plan:
                 total += cost
         if s.compute.warm_pool.enabled and not next_reuses and nxt is not None:
             notes.append("pool not kept: next session cannot reuse it")
-        info = ALGORITHMS[s.algorithm]
+        info = s.info
         if not info.off_policy:
             rollout = int(s.hyperparameters.get("n_steps", info.default_n_steps)) * s.n_envs
             if s.timesteps % rollout:

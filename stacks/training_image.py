@@ -29,10 +29,12 @@ from stacks.settings import REPO_ROOT, ImageBase
 
 DOCKERFILE = "training_image/Dockerfile"
 # Build arguments per base. PyPI's default torch wheel bundles CUDA (several GB); the CPU image takes torch from
-# PyTorch's CPU index instead. The CUDA image keeps PyPI's wheel, which brings its own CUDA runtime libraries.
+# PyTorch's CPU index instead. The CUDA image keeps PyPI's wheel, which brings its own CUDA runtime libraries,
+# and adds JAX's CUDA 12 plugin for sessions on the sbx backend.
 BUILD_ARGS: dict[str, dict[str, str]] = {
     "cpu": {"BASE": "python:3.11-slim", "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"},
-    "cuda": {"BASE": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04", "TORCH_INDEX_URL": "https://pypi.org/simple"},
+    "cuda": {"BASE": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04", "TORCH_INDEX_URL": "https://pypi.org/simple",
+             "JAX_CUDA": "cuda12"},
 }
 KEEP_IMAGES = 10  # older images are expired by the repository's lifecycle rule
 COPY_LOG_RETENTION_DAYS = 90

@@ -256,7 +256,19 @@ def test_dockerfile_base_torch_and_rendering() -> None:
     (torch_pin,) = [p for p in pins if p.replace(" ", "").startswith("torch==")]
     assert f"ARG TORCH_VERSION={torch_pin.split('==')[1]}" in text
     # torch is installed from its index before the package, so `.[train]` finds it satisfied.
-    assert text.index('"torch==${TORCH_VERSION}"') < text.index('pip install ".[train]"')
+    assert text.index('"torch==${TORCH_VERSION}"') < text.index('pip install ".[train,jax]"')
+
+
+def test_image_has_the_jax_backend_cpu_by_default_and_cuda_in_the_cuda_build() -> None:
+    text = _dockerfile()
+    assert re.search(r"^ARG JAX_CUDA=$", text, flags=re.M)  # CPU wheels unless the build asks for CUDA
+    assert 'pip install "jax[${JAX_CUDA}]==' in text and "import rlpipe.trainer.entrypoint, mujoco, torch, sbx" in text
+    assert "JAX_CUDA" not in BUILD_ARGS["cpu"] and BUILD_ARGS["cuda"]["JAX_CUDA"] == "cuda12"
+    jax = _pyproject()["project"]["optional-dependencies"]["jax"]
+    assert any(d.startswith("sbx-rl") for d in jax) and any(d.startswith("jax") for d in jax)
+    # The Lambdas validate sbx sessions from plain tables; their layers stay without JAX.
+    for requirements in (Path(__file__).resolve().parent.parent / "lambdas" / "layers").glob("*/requirements.txt"):
+        assert not re.search(r"(?im)^\s*(jax|jaxlib|sbx|flax)", requirements.read_text()), requirements
 
 
 def test_sagemaker_sdk_stays_out_of_the_image() -> None:

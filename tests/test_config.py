@@ -44,7 +44,7 @@ def with_(path: str, value: Any, raw: dict[str, Any] | None = None) -> dict[str,
     ("sessions.0.env", "rlpipe/HeightMaximise-v0", "session 'stand': env: unknown environment id "
                                                     "'rlpipe/HeightMaximise-v0'; did you mean 'rlpipe/HeightMaximize-v0'"),
     ("sessions.0.env", "Hoper-v5", "did you mean 'Hopper-v5'"),
-    ("sessions.0.algorithm", "dqn", "session 'stand': algorithm: Input should be 'ppo', 'sac', 'td3' or 'a2c'"),
+    ("sessions.0.algorithm", "dqn", "session 'stand': algorithm: Input should be 'ppo', 'sac', 'td3', 'a2c', 'tqc' or 'crossq'"),
     ("sessions.0.use_previous_checkpoint", True, "session 'stand': use_previous_checkpoint: the first session has "
                                                  "no previous session"),
     ("sessions.1.env", "Hopper-v5", "session 'hold': env: observation space of Hopper-v5"),
@@ -226,3 +226,68 @@ def test_schema_is_json_schema() -> None:
     schema = json.loads(res.output)
     assert schema["properties"]["sessions"]["items"]["properties"]["timesteps"]["type"] == "integer"
     assert "config" in schema["properties"]["sessions"]["items"]["properties"]
+
+
+SBX_PAIR = {"name": "x", "defaults": {"algorithm": "sac", "backend": "sbx", "eval": {"every_steps": 100}},
+            "sessions": [{"name": "a", "env": "Hopper-v5", "timesteps": 100},
+                         {"name": "b", "env": "Hopper-v5", "timesteps": 100, "use_previous_checkpoint": True}]}
+
+
+def test_backend_from_defaults_or_per_session() -> None:
+    p = parse_pipeline(copy.deepcopy(SBX_PAIR))
+    assert [s.backend for s in p.sessions] == ["sbx", "sbx"]
+    raw = with_("sessions.0.backend", "sb3", SBX_PAIR)
+    raw["sessions"][1]["use_previous_checkpoint"] = False
+    assert [s.backend for s in parse_pipeline(raw).sessions] == ["sb3", "sbx"]
+    assert [s.backend for s in parse_pipeline(copy.deepcopy(TINY)).sessions] == ["sb3", "sb3"]
+
+
+def test_cross_backend_warm_start_is_refused() -> None:
+    found = problems(with_("sessions.1.backend", "sb3", SBX_PAIR))
+    assert found == ["session 'b': backend: cross-backend warm start refused: 'a' trains with backend sbx and this "
+                     "session with sb3; their policies and optimizer states are stored differently. Use backend sbx "
+                     "or set use_previous_checkpoint: false"]
+
+
+@pytest.mark.parametrize("changes,expected", [
+    ({"defaults.backend": "jax"}, "defaults.backend: Input should be 'sb3' or 'sbx' (got 'jax')"),
+    ({"defaults.algorithm": "tqc", "defaults.backend": "sb3"},
+     "defaults.algorithm: tqc is not offered by backend sb3; use backend sbx or another algorithm "
+     "(sb3: a2c, ppo, sac, td3; sbx: crossq, ppo, sac, td3, tqc) (got 'tqc')"),
+    ({"defaults.algorithm": "a2c"}, "defaults.algorithm: a2c is not offered by backend sbx; use backend sb3"),
+    ({"sessions.0.hyperparameters": {"optimize_memory_usage": True}},
+     "session 'a': hyperparameters: unknown for sac on backend sbx: 'optimize_memory_usage'"),
+    ({"sessions.0.hyperparameters": {"qf_learning_rate": 2}},
+     "session 'a': hyperparameters.qf_learning_rate: out of range"),
+    ({"defaults.algorithm": "crossq", "sessions.0.hyperparameters": {"tau": 0.01}},
+     "session 'a': hyperparameters: unknown for crossq on backend sbx: 'tau'"),
+])
+def test_backend_problems_name_field_and_what_is_valid(changes: dict[str, Any], expected: str) -> None:
+    raw = copy.deepcopy(SBX_PAIR)
+    for path, value in changes.items():
+        raw = with_(path, value, raw)
+    found = problems(raw)
+    assert any(expected in p for p in found), found
+
+
+def test_sbx_only_algorithms_validate_and_plan() -> None:
+    from rlpipe.plan import build_plan
+
+    for algo in ("tqc", "crossq", "td3", "ppo"):
+        raw = with_("defaults.algorithm", algo, SBX_PAIR)
+        p = parse_pipeline(raw)
+        assert p.sessions[1].info.sb3_class.lower() == algo
+        assert build_plan(p).sessions[0].estimated_train_seconds > 0
+
+
+def test_schema_and_validate_list_the_backends(tmp_path: Path) -> None:
+    schema = json.loads(CliRunner().invoke(app, ["schema"]).output)
+    props = schema["properties"]["defaults"]["properties"]
+    assert props["backend"]["enum"] == ["sb3", "sbx"]
+    assert set(props["algorithm"]["enum"]) == {"ppo", "sac", "td3", "a2c", "tqc", "crossq"}
+    assert "sbx: crossq, ppo, sac, td3, tqc" in props["algorithm"]["description"]
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(SBX_PAIR))
+    res = CliRunner().invoke(app, ["validate", str(f)])
+    assert res.exit_code == 0, res.output
+    assert "b: sac on backend sbx" in res.output and "sbx: crossq, ppo, sac, td3, tqc" in res.output

@@ -3,6 +3,7 @@ and its checks accept what SB3 takes and refuse what would fail inside it."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import types
 import typing
@@ -14,9 +15,10 @@ import stable_baselines3
 from pydantic import ValidationError
 
 from rlpipe import hyperparameters as H
-from rlpipe.algorithms import ALGORITHMS
+from rlpipe.algorithms import ALGORITHMS, BACKEND_PACKAGES, BACKENDS, algorithm_info, algorithms_of
 
-PAIRS = [(algo, name) for algo in sorted(ALGORITHMS) for name in sorted(ALGORITHMS[algo].hyperparameters)]
+TRIPLES = [(b, algo, name) for b in BACKENDS for algo in sorted(algorithms_of(b))
+           for name in sorted(algorithms_of(b)[algo].hyperparameters)]
 
 
 def _parts(annotation: Any) -> tuple[set[Any], bool]:
@@ -40,22 +42,22 @@ def _kind_of(annotation: Any) -> str:
         return "bool"
     if origins == {dict}:
         return "kwargs"
-    if origins == {str, float}:
+    if origins in ({str, float}, {typing.Literal, float}):  # SBX spells "auto" as Literal["auto"]
         return "float_or_auto"
     if origins == {int, tuple}:
         return "train_freq"
     raise AssertionError(f"no config kind for {annotation}")
 
 
-def _parameter(algo: str, name: str) -> inspect.Parameter:
-    cls = getattr(stable_baselines3, ALGORITHMS[algo].sb3_class)
+def _parameter(backend: str, algo: str, name: str) -> inspect.Parameter:
+    cls = getattr(importlib.import_module(BACKEND_PACKAGES[backend]), algorithm_info(algo, backend).sb3_class)
     return inspect.signature(cls.__init__).parameters[name]
 
 
-@pytest.mark.parametrize("algo,name", PAIRS, ids=[f"{a}-{n}" for a, n in PAIRS])
-def test_spec_matches_sb3_annotation_and_default(algo: str, name: str) -> None:
-    param = _parameter(algo, name)
-    spec = H.spec(algo, name)
+@pytest.mark.parametrize("backend,algo,name", TRIPLES, ids=[f"{b}-{a}-{n}" for b, a, n in TRIPLES])
+def test_spec_matches_the_backend_annotation_and_default(backend: str, algo: str, name: str) -> None:
+    param = _parameter(backend, algo, name)
+    spec = H.spec(algo, name, backend)
     assert spec.kind == _kind_of(param.annotation)
     assert spec.optional == _parts(param.annotation)[1] or (spec.kind == "kwargs" and param.default is None)
     value, problem = H.check(spec, param.default, name)
@@ -64,7 +66,7 @@ def test_spec_matches_sb3_annotation_and_default(algo: str, name: str) -> None:
 
 
 def test_every_name_has_a_spec() -> None:
-    assert {n for _, n in PAIRS} == set(H.SPECS)
+    assert {n for _, _, n in TRIPLES} == set(H.SPECS)
 
 
 @pytest.mark.parametrize("algo,hps,expected", [
@@ -129,3 +131,38 @@ def test_checked_values_construct_the_sb3_model(algo: str) -> None:
     model = cls("MlpPolicy", gym.make("Pendulum-v1"), device="cpu", **hps)
     model.learn(8)
     assert model.num_timesteps >= 8
+
+
+@pytest.mark.parametrize("algo", sorted(algorithms_of("sbx")))
+def test_checked_values_construct_the_sbx_model(algo: str) -> None:
+    """The same for SBX; whole numbers given for float hyperparameters reach SBX as floats (it asserts them)."""
+    import gymnasium as gym
+    import sbx
+
+    hps: dict[str, Any] = {"learning_rate": 1, "gamma": 1, "policy_kwargs": {"net_arch": [8]}}
+    if algo == "ppo":
+        hps.update(n_steps=4, batch_size=2, n_epochs=1, clip_range=1, target_kl=1e-9, ent_coef=0)
+    else:
+        hps.update(buffer_size=1e3, learning_starts=0, batch_size=1, train_freq=1, gradient_steps=-1,
+                   n_steps=3, policy_delay=1, qf_learning_rate=1)
+        if algo != "crossq":
+            hps["tau"] = 0
+        if algo in ("sac", "tqc", "crossq"):
+            hps["ent_coef"] = 1
+    hps = H.check_all(algo, hps, "sbx")
+    assert all(type(hps[k]) is float for k in ("learning_rate", "gamma") + (("ent_coef",) if "ent_coef" in hps else ()))
+    cls = getattr(sbx, algorithm_info(algo, "sbx").sb3_class)
+    model = cls("MlpPolicy", gym.make("Pendulum-v1"), device="cpu", **hps)
+    model.learn(8)
+    assert model.num_timesteps >= 8
+
+
+def test_sbx_names_are_checked_per_backend() -> None:
+    with pytest.raises(ValidationError) as info:
+        H.check_all("sac", {"qf_learning_rate": 0, "top_quantiles_to_drop_per_net": -1}, "sbx")
+    assert {e["loc"][0] for e in info.value.errors()} == {"qf_learning_rate"}  # sac does not take the second
+    with pytest.raises(ValidationError) as info:
+        H.check_all("tqc", {"top_quantiles_to_drop_per_net": -1}, "sbx")
+    assert "out of range" in info.value.errors()[0]["msg"]
+    with pytest.raises(KeyError):
+        H.spec("sac", "optimize_memory_usage", "sbx")

@@ -28,7 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
-from rlpipe.trainer import eval_child
+from rlpipe.trainer import backends, eval_child
 
 PARENT_CHECK_SECONDS = 2.0  # how often an idle worker looks whether its trainer is still alive
 # Snapshots queued beyond this wait for a result first: a worker slower than training holds back training a
@@ -81,18 +81,17 @@ class Outcome:
 
 def snapshot(model: BaseAlgorithm, seed: int) -> Snapshot:
     """Copy what an evaluation of ``model`` needs now; training may change everything right after."""
-    weights = {k: v.detach().cpu().numpy().copy() for k, v in model.policy.state_dict().items()}
+    weights = backends.policy_weights(model.policy)
     norm = model.get_vec_normalize_env()
     return Snapshot(int(model.num_timesteps), seed, weights, copy.deepcopy(norm.obs_rms) if norm else None)
 
 
 def evaluate_snapshot(policy: Any, env: VecEnv, shot: Snapshot, episodes: int) -> Outcome:
     """Evaluate ``shot`` with ``policy`` (a policy of the same class, whose weights are replaced) on ``env``."""
-    import torch
     from stable_baselines3.common.evaluation import evaluate_policy
 
     clock = time.perf_counter()
-    policy.load_state_dict({k: torch.from_numpy(v) for k, v in shot.weights.items()})
+    backends.load_policy_weights(policy, shot.weights)
     if isinstance(env, VecNormalize):
         env.obs_rms = shot.obs_rms
     env.seed(shot.seed)
@@ -179,7 +178,7 @@ class BackgroundEvaluator:
         self._jobs = ctx.Queue()
         self._results = ctx.Queue()
         policy = model.policy
-        self._policy_class, self._policy_data = type(policy), policy._get_constructor_parameters()
+        self._policy_class, self._policy_data = backends.policy_factory(policy)  # torch or JAX policies
         self._episodes = spec.episodes
         self._in_flight: dict[int, Snapshot] = {}  # kept until their result arrives
         # The heavy arguments travel pickled, so the child binds itself to this process's life before it

@@ -10,6 +10,7 @@ Carry/reset rules for a warm start (``handoff`` in the session config), each sta
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import stable_baselines3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
@@ -30,13 +30,14 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 import rlpipe.envs  # noqa: F401  (registers rlpipe/* env ids)
-from rlpipe.algorithms import ALGORITHMS
+from rlpipe.algorithms import BACKEND_PACKAGES, algorithm_info
 from rlpipe.config import SessionConfig
 from rlpipe.contract import ContainerPaths
 from rlpipe.integrity import DamagedFile, MetricsShape, SessionDocShape, parse_checked
 from rlpipe.jsonio import write_json_atomic
 from rlpipe.outcome import SessionOutcome
 from rlpipe.state import utcnow
+from rlpipe.trainer import backends
 from rlpipe.trainer import bundle as B
 from rlpipe.trainer.callbacks import BudgetAndStop, Checkpointer, Evaluator
 from rlpipe.trainer.checkpoints import (Checkpoint, checkpoint_name, commit_checkpoint, newest_valid, prune,
@@ -71,9 +72,9 @@ class SessionResult:
     outcome: SessionOutcome | None = None  # what metrics.json holds, for a completed session
 
 
-def algorithm_class(name: str) -> type[BaseAlgorithm]:
-    """The SB3 class of algorithm ``name`` (:attr:`AlgorithmInfo.sb3_class`)."""
-    return getattr(stable_baselines3, ALGORITHMS[name].sb3_class)
+def algorithm_class(name: str, backend: str = "sb3") -> type[BaseAlgorithm]:
+    """The class of algorithm ``name`` in ``backend``'s package (:attr:`AlgorithmInfo.sb3_class`)."""
+    return getattr(importlib.import_module(BACKEND_PACKAGES[backend]), algorithm_info(name, backend).sb3_class)
 
 
 def torch_threads_for(session: SessionConfig) -> int:
@@ -82,7 +83,7 @@ def torch_threads_for(session: SessionConfig) -> int:
     two threads collapse to a few steps/s (bench/RESULTS.md)."""
     if session.torch_threads:
         return session.torch_threads
-    if ALGORITHMS[session.algorithm].off_policy and (os.cpu_count() or 1) > 2:
+    if session.info.off_policy and (os.cpu_count() or 1) > 2:
         return TORCH_DEFAULT_THREADS
     return 1
 
@@ -141,7 +142,8 @@ class SessionTrainer:
         self.carried: list[str] = []
         self.reset: list[str] = []
         self.notes: list[str] = []
-        self.info = algorithm_class(self.session.algorithm)
+        backends.configure_xla_threads(self.session)  # before SBX's import starts JAX
+        self.info = algorithm_class(self.session.algorithm, self.session.backend)
         self.off_policy = issubclass(self.info, OffPolicyAlgorithm)
         self.evaluation_gaps: list[dict[str, Any]] = []
         # Extracted bundle archives: inside the session root (not the system temp dir), created only when a
@@ -190,20 +192,21 @@ class SessionTrainer:
     def _warm_start(self, model: BaseAlgorithm, prev: B.Bundle) -> None:
         """Load the previous bundle's policy (and, per the handoff rules, optimizer and replay buffer)."""
         h = self.session.handoff
-        _, params, torch_vars = load_from_zip_file(str(prev.path / B.MODEL), device=model.device)
-        model.policy.load_state_dict(params["policy"], strict=True)
-        self.carried.append("policy")
-        optim = {k: v for k, v in params.items() if "optimizer" in k}
-        if h.optimizer == "carry":
-            model.set_parameters(optim, exact_match=False, device=model.device)
-            for name, value in (torch_vars or {}).items():
-                target = getattr(model, name, None)
-                if isinstance(target, torch.Tensor):
-                    with torch.no_grad():
-                        target.copy_(value)
-            self.carried.append("optimizer")
+        if backends.is_jax_policy(model.policy):
+            backends.warm_start_jax(model, prev.path / B.MODEL, carry_optimizer=h.optimizer == "carry")
         else:
-            self.reset.append("optimizer")
+            _, params, torch_vars = load_from_zip_file(str(prev.path / B.MODEL), device=model.device)
+            model.policy.load_state_dict(params["policy"], strict=True)
+            if h.optimizer == "carry":
+                optim = {k: v for k, v in params.items() if "optimizer" in k}
+                model.set_parameters(optim, exact_match=False, device=model.device)
+                for name, value in (torch_vars or {}).items():
+                    target = getattr(model, name, None)
+                    if isinstance(target, torch.Tensor):
+                        with torch.no_grad():
+                            target.copy_(value)
+        self.carried.append("policy")
+        (self.carried if h.optimizer == "carry" else self.reset).append("optimizer")
         if self.off_policy:
             rb = prev.file(B.REPLAY_BUFFER)
             if h.replay_buffer == "carry" and rb is not None:
