@@ -162,6 +162,8 @@ class Orchestration(Construct):
         On "*": SendTaskSuccess/Failure/Heartbeat support no resource-level permission (the Service
         Authorization Reference for Step Functions lists no resource type for them; the task token alone
         names the task), so a grant on the state machine's ARN would never match and AWS would deny the call.
+        SendTaskFailure: a job found missing fails the wait (TrainingJobMissing) at once; AwaitJobEnd keeps it
+        for the same rule although its job was created just before (tests/test_aws_iam.py lists it as such).
         """
         policy = iam.Policy(self, "CompleteWaitingTasks", statements=[
             iam.PolicyStatement(actions=["states:SendTaskSuccess", "states:SendTaskFailure"],
