@@ -22,7 +22,8 @@ aws-local-stepfunctions 3.0.0 writes ``"ResultPath": "$"`` into a key literally 
 replacing the state's output (the ASL specification makes ``$`` the default ResultPath, so the field is
 dropped, which means the same), and it resolves ``TimeoutSecondsPath`` against the effective input instead of
 the state's input (the value is passed through ``Parameters``). It has no ``HeartbeatSeconds``: a missed
-heartbeat is what ``on_wait`` returns. tests/test_asl_local.py shows both differences on minimal definitions.
+heartbeat is what ``on_wait`` returns. A Task without TimeoutSeconds times out there after 60 s (the ASL
+specification's default; AWS's is 99999999 s); the bridged Tasks end in seconds. tests/test_asl_local.py shows both differences on minimal definitions.
 """
 
 from __future__ import annotations
