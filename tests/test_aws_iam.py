@@ -155,7 +155,8 @@ def scenarios(synthesized, tmp_path_factory) -> dict[str, Any]:
     one["sessions"] = one["sessions"][:1]
     with h.running():
         missed = h.execute({"pipeline": one}, "no-heartbeats", timeout=120)
-        outcomes["heartbeat missed"] = f"{missed.status}, {missed.states_entered().count('DescribeTrainingJob')} describe"
+        describes = missed.states_entered().count("DescribeTrainingJob")
+        outcomes["heartbeat missed"] = f"{missed.status}, {describes} describe"
     collect(h)
     return {"used": used, "outcomes": outcomes, "granted": granted, "takeover": takeover}
 

@@ -330,9 +330,9 @@ def test_functions_completing_tasks_reach_only_this_machine_and_the_token_prefix
     """AwaitJobEnd and JobEvents: SendTask* on "*" (the Service Authorization Reference gives these actions no
     resource type: a state machine ARN would never match), heartbeats for JobEvents only; S3 on tokens/ only;
     with a KMS bucket, the key's calls their S3 actions need."""
-    for name, kms, sent in (("await_job", {"kms:GenerateDataKey"}, ["states:SendTaskFailure", "states:SendTaskSuccess"]),
-                            ("job_events", {"kms:Decrypt"}, ["states:SendTaskFailure", "states:SendTaskHeartbeat",
-                                                             "states:SendTaskSuccess"])):
+    completes = ["states:SendTaskFailure", "states:SendTaskSuccess"]
+    for name, kms, sent in (("await_job", {"kms:GenerateDataKey"}, completes),
+                            ("job_events", {"kms:Decrypt"}, sorted([*completes, "states:SendTaskHeartbeat"]))):
         prefix = "OrchestrationFunctions" + "".join(p.capitalize() for p in name.split("_")) + "Role"
         statements = synth_vpc.policy_statements(prefix)
         sends = [s for s in statements if any(a.startswith("states:") for a in _actions(s))]

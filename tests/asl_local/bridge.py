@@ -23,7 +23,8 @@ replacing the state's output (the ASL specification makes ``$`` the default Resu
 dropped, which means the same), and it resolves ``TimeoutSecondsPath`` against the effective input instead of
 the state's input (the value is passed through ``Parameters``). It has no ``HeartbeatSeconds``: a missed
 heartbeat is what ``on_wait`` returns. A Task without TimeoutSeconds times out there after 60 s (the ASL
-specification's default; AWS's is 99999999 s); the bridged Tasks end in seconds. tests/test_asl_local.py shows both differences on minimal definitions.
+specification's default; AWS's is 99999999 s); the bridged Tasks end in seconds. tests/test_asl_local.py
+shows both differences on minimal definitions.
 """
 
 from __future__ import annotations
