@@ -667,7 +667,8 @@ class Harness:
 
     def _deliver_job_end(self, job_name: str) -> None:
         time.sleep(0.02)
-        view = self.sagemaker.ended_view(job_name)
+        with self._acting_as(None):  # the job runs as SageMaker; the Lambda below acts as job_events' role
+            view = self.sagemaker.ended_view(job_name)
         events = [job_state_event(job_name, view)]
         if self.job_events == "twice":
             events += [job_state_event(job_name, {**view, "TrainingJobStatus": "InProgress",

@@ -1,13 +1,17 @@
 """Helpers for scenarios on the moto harness (tests/sfn_harness.py): a run's id, a run left by a dead
-execution, jobs that keep running."""
+execution, jobs that keep running, job-state events lost and recovered by reconciliation, missed heartbeats."""
 
 from __future__ import annotations
 
+import copy
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rlpipe.cloud.store import RunKeys
-from tests.sfn_harness import Execution, Harness
+from rlpipe.cloud.tokens import TOKENS_PREFIX
+from tests.sfn_harness import BUCKET, Execution, Harness
 
 
 def run_id_of(ex: Execution) -> str:
@@ -56,3 +60,59 @@ class HeldJobs:
             job.described += 1
             return self.h.sagemaker._view(job, status="InProgress")
         return self.describe(name)
+
+
+def tokens_waiting(h: Harness) -> bool:
+    """Is some task token stored (an AwaitJobEnd waits for its job's event)?"""
+    return h.s3.list_objects_v2(Bucket=BUCKET, Prefix=TOKENS_PREFIX).get("KeyCount", 0) > 0
+
+
+def reconcile_while_running(h: Harness, arn: str, timeout: float = 120,
+                            on_tick: Callable[[dict[str, int]], None] | None = None) -> list[dict[str, int]]:
+    """Events lost (``h.job_events = "lost"``): tick the reconciliation schedule whenever a token has waited a
+    while, until the execution ``arn`` ends. Returns each tick's counts."""
+    ticks: list[dict[str, int]] = []
+    deadline = time.monotonic() + timeout
+    while h.sfn.describe_execution(executionArn=arn)["status"] == "RUNNING" and time.monotonic() < deadline:
+        if tokens_waiting(h):
+            time.sleep(0.2)  # still waiting after a while: the event is lost
+            ticks.append(h.reconcile())
+            if on_tick:
+                on_tick(ticks[-1])
+        time.sleep(0.05)
+    return ticks
+
+
+def reconcile_on_wait(h: Harness, after: float = 0.2) -> Callable[[str, str], str | None]:
+    """The same schedule for aws-local-stepfunctions (the bridge's ``on_wait``): a tick once a token has
+    waited ``after`` seconds; the tick's SendTaskSuccess ends the wait."""
+    first_seen: dict[str, float] = {}
+
+    def on_wait(state: str, token: str) -> str | None:
+        seen = first_seen.setdefault(token, time.monotonic())
+        if time.monotonic() - seen >= after and tokens_waiting(h):
+            first_seen[token] = time.monotonic()
+            h.reconcile()
+        return None
+    return on_wait
+
+
+def with_heartbeat_seconds(template: dict[str, Any], state_machine_id: str, seconds: int) -> dict[str, Any]:
+    """A copy of ``template`` whose AwaitJobEnd misses its heartbeat after ``seconds`` (2700 in the stack)."""
+    template = copy.deepcopy(template)
+    parts = template["Resources"][state_machine_id]["Properties"]["DefinitionString"]["Fn::Join"][1]
+    heartbeat = '"HeartbeatSeconds":2700'
+    assert sum(p.count(heartbeat) for p in parts if isinstance(p, str)) == 1
+    parts[:] = [p.replace(heartbeat, f'"HeartbeatSeconds":{seconds}') if isinstance(p, str) else p
+                for p in parts]
+    return template
+
+
+def delete_job(h: Harness, name: str) -> None:
+    """The job is deleted (DeleteTrainingJob, by hand): SageMaker no longer knows it."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    from tests.sfn_harness import ACCOUNT, REGION
+
+    h.sagemaker.jobs.pop(name)
+    sagemaker_backends[ACCOUNT][REGION].training_jobs.pop(name)

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from tests.asl_local.bridge import LocalExecution, LocalInterpreter, local_definition, run_local
+from rlpipe.cloud.steps.job_events import WAIT_MARGIN_SECONDS
+from tests.asl_local.bridge import TIMEOUT_KEY, LocalExecution, LocalInterpreter, local_definition, run_local
 from tests.conftest import TINY
 from tests.sfn_harness import MOCK_CONFIG, REGION, Execution, Harness
-from tests.sfn_scenarios import run_id_of
+from tests.sfn_scenarios import reconcile_on_wait, reconcile_while_running, run_id_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -82,11 +83,15 @@ def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_p
     template, ids = synthesized
     h = Harness(template, ids, tmp_path, mode="instant")
     with h.running(), LocalInterpreter(h).running() as local:
-        assert local.rewritten == ["StartRun"]  # ResultPath "$" (see test_result_path_dollar_...)
+        assert local.rewritten == {"StartRun": "ResultPath", "AwaitJobEnd": "TimeoutSecondsPath"}
 
+        # Every job ends by its "SageMaker Training Job State Change" event (the harness delivers it for both).
         ok = both(h, local, {"pipeline": THREE}, "three")
         assert ok[0].status == "SUCCEEDED" and ok[0].states_entered().count("RecordSession") == 3
+        assert "DescribeTrainingJob" not in ok[0].states_entered()
         assert_same(*ok, "three")
+        waits = [t for s, t in local.timeouts if s == "AwaitJobEnd"]
+        assert len(waits) == 3 and all(isinstance(t, int) and t > WAIT_MARGIN_SECONDS for t in waits)
 
         def hold_fails_once() -> None:
             h.sagemaker.fail = {"hold": 1}
@@ -101,6 +106,25 @@ def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_p
         on_local = local.execute({"resume_run_id": local_run}, "resume-local")
         assert on_moto.status == "SUCCEEDED" and "StartRun" in on_moto.states_entered()
         assert_same(on_moto, on_local, "resume")
+
+        # Each event twice, with a late InProgress one between: the first ends the wait, the others change nothing.
+        h.job_events = "twice"
+        twice = both(h, local, {"pipeline": TINY}, "twice")
+        assert twice[0].status == "SUCCEEDED"
+        assert_same(*twice, "twice")
+        assert sorted({d["answer"]["action"] for d in h.delivered}) == ["completed", "ignored", "none"]
+
+        # Every event lost: the reconciliation schedule finds each job ended and completes its wait.
+        h.job_events = "lost"
+        arn = h.start({"pipeline": TINY}, "lost-moto")
+        moto_ticks = reconcile_while_running(h, arn)
+        lost_moto = h.wait(arn)
+        local.on_wait = reconcile_on_wait(h)
+        lost_local = local.execute({"pipeline": TINY}, "lost-local")
+        local.on_wait = None
+        h.job_events = "once"
+        assert lost_moto.status == "SUCCEEDED" and sum(t["completed"] for t in moto_ticks) == 2
+        assert_same(lost_moto, lost_local, "lost")
 
         def throttle_once() -> None:
             h.sagemaker.throttle_creates = 1
@@ -131,7 +155,7 @@ def test_result_path_dollar_is_mishandled_by_aws_local_stepfunctions_3_0_0() -> 
     as_is = run_local(definition, given, {})
     assert as_is.output == {"kept": True, "$": {"replaced": True}}  # the bug
     fixed, changed = local_definition(definition)
-    assert changed == ["Replace"] and run_local(fixed, given, {}).output == {"replaced": True}
+    assert changed == {"Replace": "ResultPath"} and run_local(fixed, given, {}).output == {"replaced": True}
     with mock_aws(config=MOCK_CONFIG):
         import boto3
 
@@ -147,6 +171,31 @@ def test_result_path_dollar_is_mishandled_by_aws_local_stepfunctions_3_0_0() -> 
                 break
             time.sleep(0.02)
         assert json.loads(desc["output"]) == {"replaced": True}  # moto follows the specification
+
+
+def test_timeout_seconds_path_is_read_from_the_effective_input_by_aws_local_stepfunctions_3_0_0() -> None:
+    """AWS reads TimeoutSecondsPath from the state's input ("a timeout value dynamically from the state input",
+    Task state reference); moto does too: the full scenarios run AwaitJobEnd's "$.job.timeout_seconds"
+    unchanged on it. aws-local-stepfunctions 3.0.0 reads it from the effective input (after Parameters), where
+    the path does not exist. The bridge passes the value through Parameters; this fails once the package is
+    fixed."""
+    definition = {"StartAt": "Work", "States": {
+        "Work": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:work",
+                 "Parameters": {"name.$": "$.name"}, "TimeoutSecondsPath": "$.limits.seconds", "End": True}}}
+    given = {"name": "x", "limits": {"seconds": 30}}
+    seen: list[Any] = []
+
+    def answer(state: str, task_input: Any) -> Any:
+        seen.append(task_input)
+        return {"done": task_input["name"]}
+
+    as_is = run_local(definition, given, {}, answer)
+    assert (as_is.status, as_is.error) == ("FAILED", "States.Runtime") and "$.limits.seconds" in (as_is.cause or "")
+    seen.clear()
+    fixed, changed = local_definition(definition)
+    assert changed == {"Work": "TimeoutSecondsPath"}
+    assert run_local(fixed, given, {}, answer).output == {"done": "x"}
+    assert seen == [{"name": "x", TIMEOUT_KEY: 30}]  # the bridge takes the key off before the call
 
 
 # ---- .waitForTaskToken: how the bridge takes a job's end by event --------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import pytest
 from tests.aws_iam import STATE_MACHINE, Grants, never_called
 from tests.conftest import TINY
 from tests.sfn_harness import Harness
-from tests.sfn_scenarios import HeldJobs, abandon, run_id_of
+from tests.sfn_scenarios import (HeldJobs, abandon, delete_job, reconcile_while_running, run_id_of, tokens_waiting,
+                                 with_heartbeat_seconds)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,6 +36,12 @@ PLATFORM = {
     "logs:PutLogEvents": "the Lambda runtime writes the function's logs",
     "xray:PutTraceSegments": "active tracing: the Lambda runtime / Step Functions send traces",
     "xray:PutTelemetryRecords": "active tracing: the Lambda runtime / Step Functions send traces",
+}
+# Granted for a path no scenario can reach, each with why it stays.
+UNREACHED = {
+    ("function:await_job", "states:SendTaskFailure"):
+        "fails the wait with TrainingJobMissing when the job it waits for does not exist (a clear error instead "
+        "of AccessDenied); CreateTrainingJob succeeded just before, so no local scenario reaches it",
 }
 STATE_MACHINE_PLATFORM = {
     **{a: "Step Functions delivers the execution logs (LogOptions, level ALL)" for a in (
@@ -78,13 +86,33 @@ def scenarios(synthesized, tmp_path_factory) -> dict[str, Any]:
         outcomes["bad input"] = h.execute({"pipelin": TINY}, "bad-input").status
         h.sagemaker.pool_quota = False  # no warm pool kept: CheckPool records that
         outcomes["no pool quota"] = h.execute({"pipeline": TINY}, "no-quota").status
-        # Session 1's pool is not taken and reads InUse until session 2 is recorded (8 describes: 1 by the
-        # loop, 1 by RecordSession, 5 by CheckPool, 1 by session 2's RecordSession): FinishRun releases it.
+        # Session 1's pool is not taken and reads InUse until session 2 is recorded (9 looks: 1 by AwaitJobEnd,
+        # 1 by the job-state event, 1 by RecordSession, 5 by CheckPool, 1 by session 2's RecordSession):
+        # FinishRun releases it.
         h.sagemaker.pool_quota, h.sagemaker.reuse_pools = True, False
-        h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = 0, 8
+        h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = 0, 9
         outcomes["pool left at the end"] = h.execute({"pipeline": TINY}, "pool-left").status
-        h.sagemaker.pool_settle_describes = 6  # Available when session 2 is recorded: RecordSession frees it
+        h.sagemaker.pool_settle_describes = 7  # Available when session 2 is recorded: RecordSession frees it
         outcomes["pool freed by RecordSession"] = h.execute({"pipeline": TINY}, "pool-freed").status
+        # Every job-state event lost: reconciliation heartbeats the waits, releases session 1's pool (not taken)
+        # while session 2 runs, and completes each wait once its job has ended.
+        h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = 2, 0
+        h.job_events = "lost"
+        arn = h.start({"pipeline": TINY}, "events-lost")
+        ticks = reconcile_while_running(h, arn)
+        outcomes["events lost, reconciled"] = h.wait(arn).status
+        outcomes["reconciliation"] = str({k: sum(t[k] for t in ticks) for k in ("completed", "heartbeats")})
+        # A job deleted by hand while its execution waits: reconciliation fails the wait (TrainingJobMissing).
+        awaited = [c[0] for c in h.lambda_calls].count("await_job")
+        arn = h.start({"pipeline": TINY}, "job-deleted")
+        while [c[0] for c in h.lambda_calls].count("await_job") == awaited:  # its token stored, its look taken
+            time.sleep(0.05)
+        assert tokens_waiting(h)
+        delete_job(h, h.sagemaker.creates[-1])
+        h.reconcile()
+        gone = h.wait(arn)
+        outcomes["job deleted while waited for"] = f"{gone.status}, {gone.failure().get('error')}"
+        h.job_events = "once"
         h.sagemaker.reuse_pools, h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = True, 1, 2
         held = HeldJobs(h, fail_first=True)
         h.sagemaker.describe = held  # type: ignore[method-assign]
@@ -108,12 +136,27 @@ def scenarios(synthesized, tmp_path_factory) -> dict[str, Any]:
         with h.running():
             ok = h.execute({"pipeline": TINY}, "dies")
             outcomes["run that dies"] = ok.status
-            abandon(h, run_id_of(ok), "dies")
+            held = HeldJobs(h)  # the dead run's job keeps running until StartRun stops it
+            h.sagemaker.describe = held  # type: ignore[method-assign]
+            held.names.add(abandon(h, run_id_of(ok), "dies"))
             ex = h.execute({"resume_run_id": run_id_of(ok)}, "takes-over")
             takeover["status"] = ex.status
             takeover["stopped"] = sum(j.status == "Stopped" for j in h.sagemaker.jobs.values())
     except AssertionError as err:
         takeover["denied"] = str(err)
+    collect(h)
+
+    # Reconciliation stopped and the event lost: the missed heartbeat (1 s here) makes the state machine
+    # describe the job itself, then wait again.
+    h = Harness(with_heartbeat_seconds(template, ids["state_machine"], 1), ids, tmp_path_factory.mktemp("beat"),
+                mode="instant")
+    h.job_events, h.sagemaker.in_progress_describes = "lost", 2
+    one = copy.deepcopy(TINY)
+    one["sessions"] = one["sessions"][:1]
+    with h.running():
+        missed = h.execute({"pipeline": one}, "no-heartbeats", timeout=120)
+        describes = missed.states_entered().count("DescribeTrainingJob")
+        outcomes["heartbeat missed"] = f"{missed.status}, {describes} describe"
     collect(h)
     return {"used": used, "outcomes": outcomes, "granted": granted, "takeover": takeover}
 
@@ -125,6 +168,8 @@ def test_every_path_runs_with_only_what_its_roles_grant(scenarios) -> None:
         "resume": "SUCCEEDED", "bad input": "FAILED", "no pool quota": "SUCCEEDED",
         "pool left at the end": "SUCCEEDED", "pool freed by RecordSession": "SUCCEEDED",
         "job stopped by the failure path": "FAILED", "run that dies": "SUCCEEDED",
+        "events lost, reconciled": "SUCCEEDED", "reconciliation": "{'completed': 2, 'heartbeats': 2}",
+        "heartbeat missed": "SUCCEEDED, 1 describe", "job deleted while waited for": "FAILED, TrainingJobMissing",
         "stopped jobs": "1", "cleanup after abort": scenarios["outcomes"]["cleanup after abort"],
         "stopped jobs after cleanup": "2"}
     used = scenarios["used"]
@@ -132,6 +177,10 @@ def test_every_path_runs_with_only_what_its_roles_grant(scenarios) -> None:
             "lambda:InvokeFunction", "sns:Publish", "kms:GenerateDataKey", "kms:Decrypt"} <= used[STATE_MACHINE]
     assert "sagemaker:StopTrainingJob" in used["function:fail_run"]
     assert "sagemaker:StopTrainingJob" in used["function:cleanup"]
+    assert {"states:SendTaskSuccess", "sagemaker:DescribeTrainingJob"} <= used["function:await_job"]
+    assert {"states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat",
+            "sagemaker:UpdateTrainingJob"} <= \
+        used["function:job_events"]
 
 
 def test_granted_actions_never_called_are_only_the_platforms(scenarios, capsys) -> None:
@@ -140,10 +189,15 @@ def test_granted_actions_never_called_are_only_the_platforms(scenarios, capsys) 
         print("\nGranted and never called by the steps or the state machine:")
         for principal, actions in sorted(idle.items()):
             print(f"  {principal}: {', '.join(actions)}")
-    expected = {p: sorted(PLATFORM) for p in scenarios["granted"] if p != STATE_MACHINE}
+    # JobEvents lists the tokens (reconciliation): its ListBucket is used. AwaitJobEnd is granted none.
+    expected = {p: sorted({a for a in PLATFORM if a in granted} - ({"s3:ListBucket"} if p == "function:job_events"
+                                                                   else set()) | {a for q, a in UNREACHED if q == p})
+                for p, granted in scenarios["granted"].items() if p != STATE_MACHINE}
+    assert "s3:ListBucket" not in idle["function:job_events"] and "s3:ListBucket" not in \
+        scenarios["granted"]["function:await_job"]
     expected[STATE_MACHINE] = sorted(STATE_MACHINE_PLATFORM)
-    unexplained = {p: [a for a in acts if a not in (STATE_MACHINE_PLATFORM if p == STATE_MACHINE else PLATFORM)]
-                   for p, acts in idle.items()}
+    unexplained = {p: [a for a in acts if a not in (STATE_MACHINE_PLATFORM if p == STATE_MACHINE else PLATFORM)
+                       and (p, a) not in UNREACHED] for p, acts in idle.items()}
     assert {p: a for p, a in unexplained.items() if a} == {}, "granted, never called, and no reason given"
     assert idle == expected
 

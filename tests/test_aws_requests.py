@@ -22,7 +22,7 @@ from stacks.settings import AppSettings
 from tests.conftest import REPO, TINY
 from tests.orchestration_app import FAST_TIMING, build_stack, logical_ids
 from tests.sfn_harness import Harness
-from tests.sfn_scenarios import HeldJobs
+from tests.sfn_scenarios import HeldJobs, reconcile_while_running
 from tests.strict_requests import TRAINING_JOB_CALLS, check_calls, java_pattern, validate
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,7 +42,8 @@ CASES: dict[str, tuple[AppSettings | None, Any]] = {
     "configs/pipeline.yaml": (None, lambda: load_pipeline(REPO / "configs" / "pipeline.yaml").resolved()),
     "spot": (None, lambda: with_compute(spot=True, warm_pool={"enabled": False}, max_wait_seconds=172800)),
     "vpc+kms": (VPC_KMS, lambda: copy.deepcopy(TINY)),
-    "instance-store type": (None, lambda: with_compute(instance_type="ml.g5.xlarge")),
+    # Local NVMe storage, in a stack with a KMS key: the volume key is left out, the output key stays.
+    "instance-store type, KMS stack": (VPC_KMS, lambda: with_compute(instance_type="ml.g5.xlarge")),
 }
 
 
@@ -66,6 +67,15 @@ def test_requests_sent_by_the_executions_are_strictly_valid(case: str, templates
     with h.running():
         ok = h.execute({"pipeline": pipeline()}, "succeeds")
         assert ok.status == "SUCCEEDED", ok.failure()
+        if case == "instance-store type, KMS stack":
+            # Events lost, pools not taken: reconciliation (JobEvents) releases session 1's pool while
+            # session 2 runs; its UpdateTrainingJob is checked too.
+            h.job_events, h.sagemaker.reuse_pools, h.sagemaker.in_progress_describes = "lost", False, 2
+            h.sagemaker.pool_settle_describes = 0
+            arn = h.start({"pipeline": pipeline()}, "events-lost")
+            reconcile_while_running(h, arn)
+            assert h.wait(arn).status == "SUCCEEDED"
+            h.job_events, h.sagemaker.reuse_pools, h.sagemaker.in_progress_describes = "once", True, 1
         h.sagemaker.describe = HeldJobs(h, fail_first=True)  # type: ignore[method-assign]
         failed = h.execute({"pipeline": pipeline()}, "stops-its-job")  # the failure path stops the job
         assert failed.status == "FAILED"
@@ -74,17 +84,23 @@ def test_requests_sent_by_the_executions_are_strictly_valid(case: str, templates
     assert check_calls(h.iam.calls) == len(sent)  # each strictly valid (the harness checked them as it stopped)
     ops = [c.operation for c in sent]
     sessions = len(pipeline()["sessions"])
-    assert ops.count("CreateTrainingJob") == sessions + 1 and ops.count("StopTrainingJob") == 1
+    runs = 2 if case == "instance-store type, KMS stack" else 1
+    assert ops.count("CreateTrainingJob") == runs * sessions + 1 and ops.count("StopTrainingJob") == 1
     creates = [c.params for c in sent if c.operation == "CreateTrainingJob"]
-    if case == "vpc+kms":
+    if settings:
         assert all(c["VpcConfig"]["Subnets"] == list(VPC_KMS.vpc_subnet_ids) for c in creates)
         assert all(c["OutputDataConfig"]["KmsKeyId"] == VPC_KMS.kms_key_arn for c in creates)
+    if case == "vpc+kms":
+        assert all(c["ResourceConfig"]["VolumeKmsKeyId"] == VPC_KMS.kms_key_arn for c in creates)
     if case == "spot":
         assert all(c["EnableManagedSpotTraining"] for c in creates)
     if case == "configs/pipeline.yaml":  # the pool kept for session 2 is dropped before its job is stopped
         assert "UpdateTrainingJob" in ops
-    if case == "instance-store type":
+    if case == "instance-store type, KMS stack":
         assert all(c["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge" for c in creates)
+        assert all("VolumeKmsKeyId" not in c["ResourceConfig"] for c in creates)
+        released = [c for c in sent if c.operation == "UpdateTrainingJob" and c.principal == "function:job_events"]
+        assert len(released) == 1, "reconciliation released the pool not taken"
 
 
 # ---- the validator itself -------------------------------------------------------------------------------------

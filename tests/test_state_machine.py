@@ -25,6 +25,7 @@ from stacks.orchestration.state_machine import RetryPacing
 from tests.conftest import TINY
 from tests.orchestration_app import DEFAULT_PIPELINE_KEY, FAST_TIMING, build_stack, logical_ids
 from tests.sfn_harness import BUCKET, Execution, Harness
+from tests.sfn_scenarios import with_heartbeat_seconds
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -349,12 +350,8 @@ def test_without_heartbeats_the_wait_times_out_describes_the_job_and_waits_again
                                                                                   tmp_path: Path) -> None:
     """Reconciliation stopped and the event lost: the heartbeat timeout (1 s here) describes the job; a job
     still running is waited for again, an ended one recorded. No execution hangs."""
-    template, ids = copy.deepcopy(synthesized[0]), synthesized[1]
-    parts = template["Resources"][ids["state_machine"]]["Properties"]["DefinitionString"]["Fn::Join"][1]
-    heartbeat = '"HeartbeatSeconds":2700'
-    assert sum(p.count(heartbeat) for p in parts if isinstance(p, str)) == 1
-    parts[:] = [p.replace(heartbeat, '"HeartbeatSeconds":1') if isinstance(p, str) else p for p in parts]
-    h = Harness(template, ids, tmp_path, mode="instant")
+    template, ids = synthesized
+    h = Harness(with_heartbeat_seconds(template, ids["state_machine"], 1), ids, tmp_path, mode="instant")
     h.job_events = "lost"
     h.sagemaker.in_progress_describes = 2  # still running at the first describe after the timeout
     one = copy.deepcopy(TINY)

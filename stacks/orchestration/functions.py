@@ -58,7 +58,7 @@ SPECS: dict[str, FunctionSpec] = {
     "check_pool": FunctionSpec("Polls the previous job's warm pool before the next session",
                                read=(RUNS_PREFIX,), write=(RUNS_PREFIX,),
                                sagemaker=("DescribeTrainingJob",), timeout_seconds=30, memory_mb=256),
-    # Both also complete tasks (states:SendTask*): granted in Orchestration, once the state machine exists.
+    # Both also complete tasks (states:SendTask*, on "*": no resource-level permission): granted in Orchestration.
     "await_job": FunctionSpec("Stores the waiting task's token by job name; completes it if the job already ended",
                               sagemaker=("DescribeTrainingJob",), tokens=("PutObject", "DeleteObject"),
                               timeout_seconds=30, memory_mb=256),

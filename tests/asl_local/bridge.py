@@ -17,11 +17,14 @@ side makes the call the Task's Resource names, as Step Functions would, through 
   waits, ``on_wait(state, token)`` runs, so a scenario can deliver an event, or return an error name
   (``States.Timeout``, ``States.HeartbeatTimeout``) to end the wait as a lost event would.
 
-The one change to the definition: aws-local-stepfunctions 3.0.0 writes ``"ResultPath": "$"`` into a key
-literally named ``$`` instead of replacing the state's output. The ASL specification makes ``$`` the default
-ResultPath, so :func:`local_definition` drops that field, which means the same; it returns the states it
-changed so the tests can name them (see tests/test_asl_local.py, which also shows the bug on a minimal
-definition).
+Two changes to the definition (:func:`local_definition`, which returns them so the tests can name them):
+aws-local-stepfunctions 3.0.0 writes ``"ResultPath": "$"`` into a key literally named ``$`` instead of
+replacing the state's output (the ASL specification makes ``$`` the default ResultPath, so the field is
+dropped, which means the same), and it resolves ``TimeoutSecondsPath`` against the effective input instead of
+the state's input (the value is passed through ``Parameters``). It has no ``HeartbeatSeconds``: a missed
+heartbeat is what ``on_wait`` returns. A Task without TimeoutSeconds times out there after 60 s (the ASL
+specification's default; AWS's is 99999999 s); the bridged Tasks end in seconds. tests/test_asl_local.py
+shows both differences on minimal definitions.
 """
 
 from __future__ import annotations
@@ -51,18 +54,29 @@ SDK = "arn:aws:states:::aws-sdk:"
 WAIT_FOR_TOKEN = ".waitForTaskToken"
 TOKEN_PREFIX = "asl-local:"
 TOKEN_WAIT_SECONDS = 30.0  # no on_wait verdict and no SendTask* call in this long: the scenario is broken
+TIMEOUT_KEY = "TimeoutSecondsFromStateInput"  # see local_definition
 SERVICE_NAMES = {"sagemaker": "SageMaker", "sns": "SNS", "s3": "S3", "lambda": "Lambda"}
 
 
-def local_definition(definition: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The definition as given to aws-local-stepfunctions 3.0.0, and the states whose ``ResultPath: "$"``
-    was dropped (equivalent: ``$`` is the default)."""
+def local_definition(definition: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The definition as given to aws-local-stepfunctions 3.0.0, and what was changed in which state:
+
+    * ``ResultPath: "$"`` dropped (equivalent: ``$`` is the default);
+    * ``TimeoutSecondsPath`` moved: AWS resolves it against the state's input ("a timeout value dynamically
+      from the state input", Task state reference; moto does so), aws-local-stepfunctions against the effective
+      input after ``Parameters``. The path's value is added to ``Parameters`` under :data:`TIMEOUT_KEY` and the
+      state reads it from there; the bridge takes that key off again before the call (and keeps the value).
+    """
     out = json.loads(json.dumps(definition))
-    changed = []
+    changed: dict[str, str] = {}
     for name, state in out["States"].items():
         if state.get("ResultPath") == "$":
             del state["ResultPath"]
-            changed.append(name)
+            changed[name] = "ResultPath"
+        if "TimeoutSecondsPath" in state and "Parameters" in state:
+            state["Parameters"][f"{TIMEOUT_KEY}.$"] = state["TimeoutSecondsPath"]
+            state["TimeoutSecondsPath"] = f"$.{TIMEOUT_KEY}"
+            changed[name] = "TimeoutSecondsPath"
     return out, changed
 
 
@@ -109,6 +123,7 @@ class LocalInterpreter:
         self.on_wait = on_wait
         self.definition, self.rewritten = local_definition(json.loads(harness.definition))
         self._clients: dict[str, Any] = {}
+        self.timeouts: list[tuple[str, Any]] = []  # (state, TimeoutSeconds it ran with), moved paths only
         self._waiting: dict[str, _Waiting] = {}
         self._lock = threading.Lock()
 
@@ -147,6 +162,9 @@ class LocalInterpreter:
     # -- a Task state, as Step Functions performs it -------------------------------------------------------------
     def _task(self, state: str, task_input: Any, token: str | None = None) -> Any:
         resource = self.definition["States"][state]["Resource"]
+        if isinstance(task_input, dict) and TIMEOUT_KEY in task_input:
+            task_input = dict(task_input)
+            self.timeouts.append((state, task_input.pop(TIMEOUT_KEY)))
         if resource.endswith(WAIT_FOR_TOKEN):
             assert token is not None
             return self._wait_for_token(state, resource[:-len(WAIT_FOR_TOKEN)], task_input, token)
