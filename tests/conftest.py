@@ -54,3 +54,20 @@ def fast_machine() -> tuple[dict[str, Any], dict[str, Any]]:
         timing=FAST_TIMING, bundle=False,
         pacing=RetryPacing(create_interval=Duration.seconds(1), describe_interval=Duration.seconds(1)))
     return Template.from_stack(stack).to_json(), logical_ids(stack, orchestration)
+
+
+@pytest.fixture
+def app() -> Any:
+    """A typer app with only the cloud commands registered (``rlpipe.cloud.cli``), as the CLI tests drive it."""
+    import typer
+
+    from rlpipe.cloud import cli as cloud_cli
+
+    cli = typer.Typer(no_args_is_help=True)
+
+    @cli.callback()
+    def main() -> None:
+        """rlpipe (test)"""
+
+    cloud_cli.register(cli)
+    return cli

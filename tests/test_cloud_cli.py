@@ -32,18 +32,6 @@ REQUEST_SETTINGS = {"bucket": BUCKET, "role_arn": ROLE, "image_uri": IMAGE, "job
 
 
 @pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer(no_args_is_help=True)
-
-    @app.callback()
-    def main() -> None:
-        """rlpipe (test)"""
-
-    cloud_cli.register(app)
-    return app
-
-
-@pytest.fixture
 def aws(tmp_path: Path, tiny_raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)

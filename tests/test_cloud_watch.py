@@ -14,7 +14,6 @@ import typer
 from moto import mock_aws
 from typer.testing import CliRunner
 
-from rlpipe.cloud import cli as cloud_cli
 from rlpipe.cloud import metrics, watch
 from rlpipe.cloud.environment import LambdaSettings
 from rlpipe.cloud.requests import StackSettings
@@ -28,18 +27,6 @@ BUCKET = "rlpipe-watch-bucket"
 RUN_ID = "tiny-20250101-120000-abcdef"
 JOB = "rlpipe-1a2b3c4d-001-hold-1"
 DASHBOARD = "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#dashboards/dashboard/S-us-east-1"
-
-
-@pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer(no_args_is_help=True)
-
-    @app.callback()
-    def main() -> None:
-        """rlpipe (test)"""
-
-    cloud_cli.register(app)
-    return app
 
 
 @pytest.fixture
