@@ -13,20 +13,17 @@ import numpy as np
 from rlpipe.config import PipelineConfig
 from rlpipe.integrity import bundle_problem
 from rlpipe.jsonio import read_json
+from rlpipe.trainer.checkpoints import sha256_file
 from rlpipe.trainer.eval_recovery import session_grid
 
 # Members of SB3's model.zip that hold training state; "data" also holds wall-clock episode times.
 WEIGHT_MEMBERS = ("policy.pth", "policy.optimizer.pth", "pytorch_variables.pth")
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def bundle_digests(run_dir: Path, session: str) -> dict[str, str]:
     """Digest of every file in a session's bundle directory."""
     model = run_dir / session / "model"
-    return {p.name: digest(p) for p in sorted(model.iterdir()) if p.is_file()} if model.is_dir() else {}
+    return {p.name: sha256_file(p) for p in sorted(model.iterdir()) if p.is_file()} if model.is_dir() else {}
 
 
 def training_state(run_dir: Path, session: str) -> dict[str, Any]:
