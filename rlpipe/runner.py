@@ -223,7 +223,7 @@ class LocalRunner:
                     self.state.finish("interrupted", f"stopped during session '{st.name}'; "
                                                      "continue with --resume")
                     break
-                if st.gate is not None and not st.gate.passed:
+                if st.gate_failed and st.gate is not None:
                     self.state.finish("failed", st.gate.describe(st.name))
                     log.warning("%s; the sessions after it do not run", self.state.error)
                     break
