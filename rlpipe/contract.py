@@ -30,6 +30,7 @@ FILMSTRIP_FILE = "filmstrip.png"  # a few of the video's frames side by side
 # A run directory (runs/<pipeline> locally, s3://<bucket>/runs/<run_id>/ on AWS).
 STATE_FILE = "state.json"
 PLAN_FILE = "plan.json"
+LINEAGES_FILE = "lineages.json"  # a run with several seeds: its seeds, parallel and each lineage's run
 RESOLVED_FILE = "pipeline.resolved.json"  # local; on AWS pipeline.json
 COMMAND_FILE = "command.txt"  # local: the commands that started or resumed the run
 LOG_FILE = "run.log"  # local: log of every attempt

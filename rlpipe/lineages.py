@@ -31,14 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlpipe.config import PipelineConfig, parse_pipeline
-from rlpipe.contract import COMMAND_FILE, REPORT_FILES, RESOLVED_FILE, STATE_FILE
+from rlpipe.contract import COMMAND_FILE, LINEAGES_FILE, REPORT_FILES, RESOLVED_FILE, STATE_FILE
 from rlpipe.jsonio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from rlpipe.runner import RunDirError, load_state
 from rlpipe.state import RunState
 
 log = logging.getLogger("rlpipe.lineages")
 
-LINEAGES_FILE = "lineages.json"
 POLL_SECONDS = 0.5
 EXIT_INTERRUPTED = 143
 NOT_STARTED = "not_started"
@@ -62,14 +61,7 @@ class Lineage:
     def settled(self) -> str | None:
         """Why this lineage needs no run: it succeeded, or it ended on a ``require`` gate; None otherwise."""
         state = load_state(self.directory)
-        if state is None:
-            return None
-        if state.status == "succeeded" and state.next_index() is None:
-            return "succeeded"
-        gated = state.failed_gate()
-        if gated is not None:
-            return f"ended at session '{gated.name}''s require gate"
-        return None
+        return state.settled() if state is not None else None
 
 
 def open_lineages(pipeline: PipelineConfig, out_dir: Path, resume: bool) -> list[Lineage]:

@@ -208,6 +208,13 @@ class RunState(BaseModel):
         """The completed session whose ``require`` gate failed (the lineage ended there), if any."""
         return next((s for s in self.sessions if s.status == "completed" and s.gate_failed), None)
 
+    def settled(self) -> str | None:
+        """Why this lineage needs no further run: it succeeded, or it ended on a ``require`` gate; else None."""
+        if self.status == "succeeded" and self.next_index() is None:
+            return "succeeded"
+        gated = self.failed_gate()
+        return f"ended at session '{gated.name}''s require gate" if gated is not None else None
+
     def next_index(self) -> int | None:
         """Index of the first session not completed (pending, interrupted or failed); None when all are done."""
         return next((i for i, s in enumerate(self.sessions) if s.status != "completed"), None)

@@ -45,7 +45,7 @@ import tarfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -110,6 +110,16 @@ class Job:
     def session(self) -> str:
         return next(t["Value"] for t in self.request.get("Tags", []) if t["Key"] == "rlpipe:session")
 
+    @property
+    def run_id(self) -> str:
+        return next(t["Value"] for t in self.request.get("Tags", []) if t["Key"] == "rlpipe:run-id")
+
+    def fail_key(self, fail: dict[str, int]) -> str:
+        """The key of ``fail`` that names this job: ``<session>@<end of its run id>`` (one lineage: ``hold@seed-1``)
+        before ``<session>``."""
+        return next((k for k in fail if k.partition("@")[0] == self.session and "@" in k
+                     and self.run_id.endswith(k.partition("@")[2])), self.session)
+
     def pool_key(self) -> tuple[Any, ...]:
         rc = self.request["ResourceConfig"]
         vpc = self.request.get("VpcConfig") or {}
@@ -123,7 +133,8 @@ class Job:
 class SageMakerStandIn:
     """Runs jobs: ``mode`` "trainer" (the real trainer, subprocess) or "instant" (writes outputs directly).
 
-    ``fail`` maps a session name to how many of its first attempts fail (AlgorithmError); ``capacity`` to
+    ``fail`` maps a session name (or ``<session>@<run id suffix>``, for one lineage) to how many of its first
+    attempts fail (AlgorithmError); ``capacity`` to
     how many fail with SageMaker's CapacityError; ``throttle_creates`` makes that many CreateTrainingJob calls
     raise ``throttle_code`` (ThrottlingException) first. ``pool_quota`` False keeps no pool at all (the default warm-pool quota, 0);
     ``reuse_pools`` False lets no job take over an Available pool (as when SageMaker starts it elsewhere).
@@ -139,8 +150,11 @@ class SageMakerStandIn:
     pool_settle_describes: int = 2  # describes after the end that read the pool InUse before Available
     pool_quota: bool = True
     reuse_pools: bool = True
+    hold: Callable[[Job], bool] | None = None  # a job it holds runs (reads InProgress) until released or stopped
+    billed_seconds: int | None = None  # BillableTimeInSeconds of every job (default: its wall seconds)
     jobs: dict[str, Job] = field(default_factory=dict)
     creates: list[str] = field(default_factory=list)
+    max_in_progress: int = 0  # the most jobs InProgress at once (counted at each create)
     trainer_seconds: list[float] = field(default_factory=list)
 
     def s3(self) -> Any:
@@ -162,10 +176,18 @@ class SageMakerStandIn:
                 break
         self.jobs[name] = job
         self.creates.append(name)
+        self.max_in_progress = max(self.max_in_progress, sum(j.status == "InProgress" for j in self.jobs.values()))
+
+    def holding(self, name: str) -> bool:
+        """Whether ``hold`` keeps job ``name`` running now."""
+        job = self.jobs[name]
+        return self.hold is not None and job.status == "InProgress" and job.started is None and self.hold(job)
 
     def describe(self, name: str) -> dict[str, Any]:
         job = self.jobs[name]
         job.described += 1
+        if self.holding(name):
+            return self._view(job, status="InProgress")
         if job.status == "InProgress" and job.started is None:
             self._run(job)  # ends now; reads InProgress a while, as a job polled mid-run would
         if job.described <= self.in_progress_describes and job.status != "Stopped":
@@ -218,7 +240,7 @@ class SageMakerStandIn:
         if status != "InProgress":
             out["TrainingEndTime"] = job.ended
             out["TrainingTimeInSeconds"] = job.seconds
-            out["BillableTimeInSeconds"] = job.seconds
+            out["BillableTimeInSeconds"] = job.seconds if self.billed_seconds is None else self.billed_seconds
             if status == "Completed":
                 output = job.request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
                 out["ModelArtifacts"] = {"S3ModelArtifacts": f"{output}/{job.name}/output/model.tar.gz"}
@@ -240,8 +262,8 @@ class SageMakerStandIn:
             self.capacity[job.session] -= 1
             injected = "CapacityError: Unable to provision requested ML compute capacity. Please retry using a " \
                        "different ML instance type."
-        elif self.fail.get(job.session, 0) > 0:
-            self.fail[job.session] -= 1
+        elif self.fail.get(job.fail_key(self.fail), 0) > 0:
+            self.fail[job.fail_key(self.fail)] -= 1
             injected = "AlgorithmError: injected failure (tests/sfn_harness.py)"
         if injected:
             job.status, job.failure = "Failed", injected
@@ -323,11 +345,15 @@ class SageMakerStandIn:
         session, offset = doc["session"], doc["global_timestep_offset"]
         steps = session["timesteps"]
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        reward = 1.0 + doc["index"] + 0.1 * session.get("seed", 0)  # lineages differ by seed
+        require = session.get("require")
+        gate = None if not require else {"metric": require["metric"], "at_least": require["at_least"],
+                                         "value": reward, "passed": reward >= require["at_least"]}
         metrics = {"session": session["name"], "env": session["env"], "algorithm": session["algorithm"],
                    "global_timestep_offset": offset, "timesteps": steps,
                    "evaluations": [{"timesteps": steps, "global_timesteps": offset + steps,
-                                    "mean_reward": 1.0 + doc["index"], "std_reward": 0.1, "wall_seconds": 0.01}],
-                   "best_eval_reward": 1.0 + doc["index"], "final_eval_reward": 1.0 + doc["index"],
+                                    "mean_reward": reward, "std_reward": 0.1, "wall_seconds": 0.01}],
+                   "best_eval_reward": reward, "final_eval_reward": reward, "gate": gate,
                    "timing": {"started_at": now, "first_step_at": now, "ended_at": now, "wall_seconds": 0.01,
                               "fps": 1000.0},
                    "carried": ["policy"] if doc.get("handoff_from") else [], "reset": [], "notes": ["instant stand-in"]}
@@ -667,6 +693,8 @@ class Harness:
 
     def _deliver_job_end(self, job_name: str) -> None:
         time.sleep(0.02)
+        while self.sagemaker.holding(job_name):  # the job's end (or its stop) is the event
+            time.sleep(0.02)
         with self._acting_as(None):  # the job runs as SageMaker; the Lambda below acts as job_events' role
             view = self.sagemaker.ended_view(job_name)
         events = [job_state_event(job_name, view)]
@@ -701,6 +729,9 @@ class Harness:
     # -- running ----------------------------------------------------------------------------------------------
     def put(self, key: str, body: bytes | str) -> None:
         self.s3.put_object(Bucket=BUCKET, Key=key, Body=body.encode() if isinstance(body, str) else body)
+
+    def exists(self, key: str) -> bool:
+        return self.s3.list_objects_v2(Bucket=BUCKET, Prefix=key).get("KeyCount", 0) > 0
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())

@@ -43,17 +43,19 @@ def abandon(h: Harness, run_id: str, execution: str) -> str:
 
 class HeldJobs:
     """Jobs that keep running until stopped (the stand-in runs a job at its first describe otherwise): those
-    created from now on, and any named later. The first describe of a held job can fail (non-retryable)."""
+    created from now on whose run id ends with ``run_suffix`` (any run: ""), and any named later. The first
+    describe of a held job can fail (non-retryable)."""
 
-    def __init__(self, h: Harness, fail_first: bool = False) -> None:
-        self.h, self.describe, self.fail = h, h.sagemaker.describe, fail_first
+    def __init__(self, h: Harness, fail_first: bool = False, run_suffix: str = "") -> None:
+        self.h, self.describe, self.fail, self.run_suffix = h, h.sagemaker.describe, fail_first, run_suffix
         self.before, self.names = set(h.sagemaker.jobs), set[str]()
 
     def __call__(self, name: str) -> dict[str, Any]:
         from moto.sagemaker.exceptions import ValidationError
 
         job = self.h.sagemaker.jobs[name]
-        if (name in self.names or name not in self.before) and job.status == "InProgress":
+        held = name in self.names or (name not in self.before and job.run_id.endswith(self.run_suffix))
+        if held and job.status == "InProgress":
             if self.fail:
                 self.fail = False
                 raise ValidationError("injected: the describe failed")

@@ -40,7 +40,10 @@ class Synth:
         refs = _Placeholders()
         self.definition_string = resolve(machine["DefinitionString"], refs)
         self.definition = json.loads(self.definition_string)
-        self.states = self.definition["States"]
+        self.run_states = self.definition["States"]
+        # One lineage's states: the Map's item processor.
+        self.lineage_states = self.run_states["Lineages"]["ItemProcessor"]["States"]
+        self.states = {**self.run_states, **self.lineage_states}
 
     def policy_statements(self, role_logical_prefix: str) -> list[dict[str, Any]]:
         """Every statement of the inline policies attached to roles whose logical id starts with the prefix."""
@@ -90,10 +93,20 @@ def test_state_machine_is_standard_logged_traced(synth: Synth) -> None:
 
 def test_definition_shape(synth: Synth) -> None:
     assert synth.definition["StartAt"] == "ReadInput"
-    assert set(synth.states) == {
-        "ReadInput", "StartRun", "NextStep?", "PrepareSession", "CreateTrainingJob", "AwaitJobEnd",
-        "DescribeTrainingJob", "JobEnded?", "RecordSession", "WaitBeforeRetry", "WaitForPool", "CheckPool", "FinishRun", "NotifySuccess", "RunSucceeded",
+    assert set(synth.run_states) == {
+        "ReadInput", "StartRun", "Lineages", "FinishRun", "AllLineagesSucceeded?", "NotifySuccess", "RunSucceeded",
         "HandleFailure", "RunFailed", "FailureHandlingFailed"}
+    assert set(synth.lineage_states) == {
+        "NextStep?", "PrepareSession", "CreateTrainingJob", "AwaitJobEnd", "DescribeTrainingJob", "JobEnded?",
+        "RecordSession", "WaitBeforeRetry", "WaitForPool", "CheckPool", "EndLineage", "StopRun?", "LineageEnded",
+        "LineageFailed", "EndLineageFailed"}
+    # The lineages: an inline Map over StartRun's lineages, at most run.parallel at once, its results replacing
+    # the items; any failure of it (fail_fast, the cost ceiling) goes to the run's failure path.
+    lineages = synth.run_states["Lineages"]
+    assert lineages["ItemsPath"] == "$.lineages" and lineages["MaxConcurrencyPath"] == "$.run.parallel"
+    assert lineages["ItemProcessor"]["ProcessorConfig"]["Mode"] == "INLINE"
+    assert lineages["ItemProcessor"]["StartAt"] == "NextStep?" and lineages["ResultPath"] == "$.lineages"
+    assert lineages["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "HandleFailure"}]
     # HandleFailure publishes the alert itself (and records that it did), then the execution fails.
     assert synth.states["HandleFailure"]["Next"] == "RunFailed"
     # Every Wait takes its seconds from the payload (the Lambdas' pacing), never a constant.
@@ -103,10 +116,20 @@ def test_definition_shape(synth: Synth) -> None:
     run_failed = synth.states["RunFailed"]
     assert (run_failed["Type"], run_failed["ErrorPath"], run_failed["CausePath"]) == \
         ("Fail", "$.failure.error", "$.failure.cause")
-    for name, state in synth.states.items():
-        if state["Type"] == "Task" and name not in ("HandleFailure", "NotifySuccess"):
-            assert any(c["Next"] == "HandleFailure" and c["ErrorEquals"] == ["States.ALL"]
-                       for c in state.get("Catch", [])), name
+    # Every task of the run catches into the run's failure path, every task of a lineage into EndLineage.
+    for states, handler in ((synth.run_states, "HandleFailure"), (synth.lineage_states, "EndLineage")):
+        for name, state in states.items():
+            if state["Type"] in ("Task", "Map") and name not in (handler, "NotifySuccess"):
+                assert any(c["Next"] == handler and c["ErrorEquals"] == ["States.ALL"]
+                           for c in state.get("Catch", [])), name
+    # A lineage ends in EndLineage, whose result either ends the Map (fail_fast, cost) or is the lineage's.
+    stop = synth.states["StopRun?"]
+    assert stop["Choices"] == [{"Variable": "$.end.stop_run", "BooleanEquals": True, "Next": "LineageFailed"}]
+    assert (synth.states["LineageFailed"]["ErrorPath"], synth.states["LineageFailed"]["CausePath"]) == \
+        ("$.end.error", "$.end.cause")
+    assert synth.states["LineageEnded"] == {"Type": "Pass", "Comment": "This lineage's result",
+                                            "OutputPath": "$.end", "End": True}
+    assert synth.states["AllLineagesSucceeded?"]["Default"] == "HandleFailure"
 
 
 def test_sagemaker_is_called_through_the_sdk_integration_and_its_end_awaited_by_token(synth: Synth) -> None:
@@ -167,8 +190,12 @@ def test_definition_serialized_matches(synth: Synth) -> None:
     matcher = Match.serialized_json(Match.object_like({
         "StartAt": "ReadInput",
         "States": Match.object_like({
-            "NextStep?": Match.object_like({"Type": "Choice", "Default": "PrepareSession"}),
-            "CheckPool": Match.object_like({"Next": "NextStep?", "ResultPath": "$.cursor"}),
+            "Lineages": Match.object_like({"Type": "Map", "MaxConcurrencyPath": "$.run.parallel",
+                                           "ItemProcessor": Match.object_like({"States": Match.object_like({
+                                               "NextStep?": Match.object_like({"Type": "Choice",
+                                                                               "Default": "PrepareSession"}),
+                                               "CheckPool": Match.object_like({"Next": "NextStep?",
+                                                                               "ResultPath": "$.cursor"})})})}),
             "NotifySuccess": Match.object_like({"Resource": Match.string_like_regexp("states:::sns:publish$"),
                                                 "Parameters": Match.object_like({"Message.$": "$.summary.message"})}),
         }),

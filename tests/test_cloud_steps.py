@@ -129,9 +129,13 @@ def test_inputs_that_start_a_run(aws: dict[str, Any], tiny_raw: dict[str, Any]) 
     s3.put_object(Bucket=BUCKET, Key="configs/p.yaml", Body=yaml_text)
     for i, given in enumerate([{}, {"pipeline_s3_uri": f"s3://{BUCKET}/configs/p.yaml"}, {"pipeline": tiny_raw}]):
         out = start(ctx, given, f"exec-{i}")
-        assert out["cursor"] == steps.cursor(RunState.model_validate({"pipeline": "x", "run_id": "x",
-                                                                      "config_fingerprint": "x", "sessions": []}), 0)
-        assert out["run"]["sessions"] == 2 and out["run"]["pool_poll_seconds"] == 0
+        assert out["run"] == {"run_id": out["run"]["run_id"], "parallel": 1, "fail_fast": False, "lineages": 1}
+        (lineage,) = out["lineages"]  # one seed: the run is its own lineage
+        assert lineage["cursor"] == steps.cursor(RunState.model_validate({"pipeline": "x", "run_id": "x",
+                                                                          "config_fingerprint": "x",
+                                                                          "sessions": []}), 0)
+        assert lineage["run"]["run_id"] == lineage["run"]["parent_run_id"] == out["run"]["run_id"]
+        assert lineage["run"]["sessions"] == 2 and lineage["run"]["pool_poll_seconds"] == 0
         store = RunStore(s3, BUCKET, out["run"]["run_id"])
         assert store.load_state().status == "running"
         plan = store.get_json(store.keys.plan)
@@ -149,7 +153,7 @@ def test_start_is_idempotent(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> N
 
 def test_too_long_a_pipeline_is_refused_before_anything_runs(aws: dict[str, Any]) -> None:
     """Only the number of sessions counts: 100 sessions of days each start, 700 short ones do not."""
-    from rlpipe.cloud.pacing import EVENTS_FIXED, EVENTS_PER_SESSION
+    from rlpipe.cloud.pacing import EVENTS_FIXED, EVENTS_PER_LINEAGE, EVENTS_PER_SESSION
 
     ctx = aws["ctx"]
     ctx.timing = Timing()  # real pacing
@@ -159,8 +163,9 @@ def test_too_long_a_pipeline_is_refused_before_anything_runs(aws: dict[str, Any]
                 "sessions": [{"name": f"s{i}", "env": "rlpipe/HeightMaximize-v0", "timesteps": timesteps}
                              for i in range(sessions)]}
 
-    assert start(ctx, {"pipeline": pipeline(100, 40_000_000)}, "long-sessions")["run"]["sessions"] == 100
-    too_many = (HISTORY_EVENT_LIMIT - EVENTS_FIXED) // EVENTS_PER_SESSION + 1
+    long_run = start(ctx, {"pipeline": pipeline(100, 40_000_000)}, "long-sessions")
+    assert long_run["lineages"][0]["run"]["sessions"] == 100
+    too_many = (HISTORY_EVENT_LIMIT - EVENTS_FIXED - EVENTS_PER_LINEAGE) // EVENTS_PER_SESSION + 1
     with pytest.raises(steps.InvalidInput, match="too long for one execution"):
         start(ctx, {"pipeline": pipeline(too_many, 256)}, "many-sessions")
 
@@ -201,7 +206,7 @@ def test_resume_takes_over_a_run_whose_execution_died(aws: dict[str, Any], tiny_
     sm.jobs[job] = {"TrainingJobStatus": "InProgress", "ResourceConfig": {"KeepAlivePeriodInSeconds": 600}}
     boto3.client("stepfunctions", region_name="us-east-1").stop_execution(executionArn=arn)
     out = start(ctx, {"resume_run_id": run_id}, "second")
-    assert out["run"]["run_id"] == run_id and out["cursor"]["index"] == 0
+    assert out["run"]["run_id"] == run_id and out["lineages"][0]["cursor"]["index"] == 0
     assert sm.calls == [("update", job), ("stop", job)]
     store = ctx.run_store(run_id)
     assert store.get_json(store.keys.owner)["execution"] == "second"

@@ -23,6 +23,8 @@ EVENTS_FIXED = 25
 # check. Measured: 23 without a pool check (tests/test_state_machine.py, 200 sessions), 32 with one (bench,
 # orchestration section); the rest is room for further pool checks and a capacity retry.
 EVENTS_PER_SESSION = 40
+# Per lineage: its Map iteration, EndLineage and the Choice after it (a single-seed run has one lineage too).
+EVENTS_PER_LINEAGE = 15
 
 
 @dataclass(frozen=True)
@@ -52,5 +54,8 @@ def environment(timing: Timing) -> dict[str, str]:
 
 
 def estimated_history_events(plan: Plan) -> int:
-    """About how many history events an execution of ``plan`` produces: a constant per session."""
-    return EVENTS_FIXED + EVENTS_PER_SESSION * len(plan.sessions)
+    """About how many history events an execution of ``plan`` produces: a constant per session of each lineage.
+
+    The lineages share the execution's history (an inline Map state: see the state machine's module).
+    """
+    return EVENTS_FIXED + (EVENTS_PER_LINEAGE + EVENTS_PER_SESSION * len(plan.sessions)) * len(plan.seeds)

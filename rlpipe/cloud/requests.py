@@ -78,10 +78,28 @@ def create_fields(vpc: bool) -> tuple[str, ...]:
     return CREATE_FIELDS + (("VpcConfig",) if vpc else ())
 
 
+VOLUME_GB_MAX = 16384  # ResourceConfig.VolumeSizeInGB
+
+
+def lineage_volume_gb(volume_size_gb: int, lineage: int) -> int:
+    """The volume size lineage ``lineage`` asks for: the configured size, plus one GB per lineage position.
+
+    A new job takes any Available warm pool whose RoleArn, InstanceType, InstanceCount, VolumeSizeInGB,
+    VolumeKmsKeyId, VpcConfig and encryption/isolation flags match its own; image, channels and
+    hyperparameters may differ. Lineages running side by side share every one of those but for this
+    size, so a lineage's next job would otherwise take whichever lineage's pool came free first, and the
+    lineage whose pool was taken would start cold. One GB more per lineage keeps each pool to its lineage
+    (at most 99 GB of gp3 more, cents per day); beyond the maximum the sizes go down instead.
+    """
+    if volume_size_gb + lineage <= VOLUME_GB_MAX:
+        return volume_size_gb + lineage
+    return volume_size_gb - lineage
+
+
 def create_training_job_request(settings: StackSettings, *, run_id: str, pipeline: str, index: int,
                                 session: SessionConfig, planned: PlannedSession, job_name: str, attempt: int,
-                                previous_bundle: str | None) -> dict[str, Any]:
-    """The CreateTrainingJob request of one attempt of one session.
+                                previous_bundle: str | None, lineage: int = 0) -> dict[str, Any]:
+    """The CreateTrainingJob request of one attempt of one session of lineage ``lineage`` (0-based).
 
     ``previous_bundle`` is the S3 URI of the previous session's ``model.tar.gz``; it becomes the ``previous``
     channel when the session warm-starts. ``KeepAlivePeriodInSeconds`` is set only when the plan says the next
@@ -110,7 +128,7 @@ def create_training_job_request(settings: StackSettings, *, run_id: str, pipelin
             "InputMode": "File",
         })
     resources: dict[str, Any] = {"InstanceType": compute.instance_type, "InstanceCount": compute.instance_count,
-                                 "VolumeSizeInGB": compute.volume_size_gb}
+                                 "VolumeSizeInGB": lineage_volume_gb(compute.volume_size_gb, lineage)}
     if planned.keep_alive_seconds > 0:
         resources["KeepAlivePeriodInSeconds"] = planned.keep_alive_seconds
     # SageMaker rejects a volume key for instance types with local NVMe storage (hardware-encrypted instead).

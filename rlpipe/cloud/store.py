@@ -16,6 +16,10 @@ Layout (all under ``s3://<bucket>/``)::
     runs/<run_id>/tensorboard/<name>/             TensorBoardOutputConfig.S3OutputPath
     runs/<run_id>/output/<job>/output/model.tar.gz   the session's handoff bundle (SageMaker's output)
     runs/<run_id>/report.{json,md,html}, learning_curve.png
+    runs/<run_id>/lineages.json                   several seeds: the lineages, each a single-seed run of its
+                                                  own under runs/<run_id>-seed-<s>/; the run's own prefix then
+                                                  holds pipeline.json, plan.json, execution.json and the report
+                                                  across lineages
 
 S3 writes of a whole object are atomic (a reader sees the old or the new object, never half of one), so
 state.json is simply overwritten; only one execution drives a run at a time (see ``steps.start_run``).
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from rlpipe.contract import METRICS_FILE, PLAN_FILE, REPORT_FILES, SESSION_FILE, STATE_FILE
+from rlpipe.contract import LINEAGES_FILE, METRICS_FILE, PLAN_FILE, REPORT_FILES, SESSION_FILE, STATE_FILE
 from rlpipe.outcome import SessionOutcome
 from rlpipe.state import RunState
 
@@ -91,6 +95,11 @@ class RunKeys:
     @property
     def plan(self) -> str:
         return self.root + PLAN_FILE
+
+    @property
+    def lineages(self) -> str:
+        """A run with several seeds: its lineages' runs (each a single-seed run of its own)."""
+        return self.root + LINEAGES_FILE
 
     @property
     def attempts(self) -> str:

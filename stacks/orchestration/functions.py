@@ -67,7 +67,13 @@ SPECS: dict[str, FunctionSpec] = {
                                sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"),
                                tokens=("GetObject", "DeleteObject", "ListBucket"), timeout_seconds=120,
                                memory_mb=256),
-    "finish_run": FunctionSpec("Marks the run succeeded, releases warm pools, writes the report",
+    "end_lineage": FunctionSpec("End of one lineage: stops its job if it failed, releases its warm pools, writes "
+                                "its own report",
+                                read=(RUNS_PREFIX, CHECKPOINTS_PREFIX), write=(RUNS_PREFIX,),
+                                sagemaker=("DescribeTrainingJob", "UpdateTrainingJob", "StopTrainingJob"),
+                                plots=True, timeout_seconds=300, memory_mb=1024),
+    "finish_run": FunctionSpec("The run's status from its lineages'; when all succeeded, releases warm pools and "
+                               "writes the report",
                                read=(RUNS_PREFIX, CHECKPOINTS_PREFIX, EXECUTIONS_PREFIX),
                                write=(RUNS_PREFIX, EXECUTIONS_PREFIX),
                                sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"), plots=True,

@@ -1,17 +1,22 @@
-"""The state machine: one generic loop over a run's sessions, carrying pointers only.
+"""The state machine: the run's lineages side by side, each one generic loop over its sessions, carrying
+pointers only.
 
 ::
 
-    ReadInput → StartRun → NextStep? ─done→ FinishRun → NotifySuccess → RunSucceeded
-                              │ │ │ └─failed→ HandleFailure
-                              │ │ └─pool→ WaitForPool → CheckPool → NextStep?
-                              │ └─retry→ WaitBeforeRetry → PrepareSession
-                              ▼ otherwise
-    PrepareSession → CreateTrainingJob → AwaitJobEnd ──────────────────────────→ RecordSession → NextStep?
-                                            ▲    │ heartbeat/timeout                 ▲
-                                            │    ▼                                   │ ended
-                                            └─ DescribeTrainingJob → JobEnded? ──────┘
-    any error ─Catch→ HandleFailure (stops the job, releases pools, report, alert) → RunFailed
+    ReadInput → StartRun → Lineages (Map over seeds, at most run.parallel at once) → FinishRun → AllLineagesSucceeded?
+                              │                                                           yes → NotifySuccess → RunSucceeded
+                              │                                                           no  → HandleFailure
+    one lineage (the Map's item processor):
+      NextStep? ─done/failed→ EndLineage → StopRun? ─no→ LineageEnded (its result)
+        │ │ └─pool→ WaitForPool → CheckPool → NextStep?     └─yes (fail_fast, cost ceiling)→ LineageFailed:
+        │ └─retry→ WaitBeforeRetry → PrepareSession                                        the Map fails
+        ▼ otherwise
+      PrepareSession → CreateTrainingJob → AwaitJobEnd ───────────────────────────→ RecordSession → NextStep?
+                                              ▲    │ heartbeat/timeout                  ▲
+                                              │    ▼                                    │ ended
+                                              └─ DescribeTrainingJob → JobEnded? ───────┘
+      any error in a lineage ─Catch→ EndLineage (stops its job, releases its pools)
+    StartRun, the Map or FinishRun failing ─Catch→ HandleFailure (closes every lineage, report, alert) → RunFailed
 
 SageMaker is called through the AWS SDK integration (``aws-sdk:sagemaker:*``), not the optimized ``.sync``
 one: the request is passed as built (KeepAlivePeriodInSeconds included) and the loop decides when the next
@@ -110,25 +115,30 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
     handle_failure.add_catch(handler_failed, result_path="$.handler_error")
     handle_failure.next(run_failed)
 
+    # -- one lineage: its sessions, one after the other (the Map state's item processor) ----------------------
+    lineage_failed = sfn.Fail(scope, "LineageFailed", error_path="$.end.error", cause_path="$.end.cause",
+                              comment="fail_fast or the cost ceiling: ends the Map, so every other lineage")
+    end_lineage_failed = sfn.Fail(scope, "EndLineageFailed", error="EndLineageFailed",
+                                  cause="Ending a lineage failed; HandleFailure closes every lineage")
+    lineage_ended = sfn.Pass(scope, "LineageEnded", output_path="$.end", comment="This lineage's result")
+    stop_run = sfn.Choice(scope, "StopRun?", comment="Does this lineage's end stop the others?")
+    stop_run.when(sfn.Condition.boolean_equals("$.end.stop_run", True), lineage_failed)
+    stop_run.otherwise(lineage_ended)
+    end_lineage = _invoke(scope, "EndLineage", functions["end_lineage"],
+                          {"state": sfn.JsonPath.entire_payload}, "$.end",
+                          "Stop its job if it failed, release its pools, its own report")
+    end_lineage.add_catch(end_lineage_failed, result_path="$.handler_error")
+    end_lineage.next(stop_run)
+
     def on_error(task: Any) -> Any:
-        task.add_catch(handle_failure, result_path="$.error")
+        task.add_catch(end_lineage, result_path="$.error")
         return task
 
-    # -- success path ---------------------------------------------------------------------------------------
-    finish = on_error(_invoke(scope, "FinishRun", functions["finish_run"],
-                              {"run_id": run_id, "execution": execution, "execution_arn": execution_arn},
-                              "$.summary", "Mark the run succeeded, release pools, write the report"))
-    notify_success = tasks.SnsPublish(scope, "NotifySuccess", topic=topic,
-                                      subject=sfn.JsonPath.string_at("$.summary.subject"),
-                                      message=sfn.TaskInput.from_json_path_at("$.summary.message"),
-                                      result_path=sfn.JsonPath.DISCARD)
-    notify_success.add_retry(interval=Duration.seconds(5), max_attempts=3, backoff_rate=2)
-    finish.next(notify_success).next(sfn.Succeed(scope, "RunSucceeded"))
-
-    # -- one session ----------------------------------------------------------------------------------------
     prepare = on_error(_invoke(scope, "PrepareSession", functions["prepare_session"],
-                               {"run_id": run_id, "index": index, "try": attempt_try, "execution": execution},
+                               {"run_id": run_id, "index": index, "try": attempt_try, "execution": execution,
+                                "lineage": sfn.JsonPath.number_at("$.run.lineage")},
                                "$.job", "session.json and the CreateTrainingJob request of this attempt"))
+
     # Each top-level field of the request PrepareSession built, mapped as is (Step Functions validates it),
     # except the role: the machine passes only the stack's SageMaker role, whatever a payload says.
     parameters: dict[str, Any] = {f: sfn.JsonPath.string_at(f"$.job.request.{f}") for f in create_fields(vpc)}
@@ -164,7 +174,7 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
                         backoff_rate=2)
     # The name is fixed per attempt: "already exists" means a retried call got through before.
     create.add_catch(await_end, errors=[JOB_EXISTS_ERROR], result_path=sfn.JsonPath.DISCARD)
-    create.add_catch(handle_failure, result_path="$.error")
+    on_error(create)
     # No heartbeat (reconciliation stopped) or past the job's limits: look at the job, then record or wait again.
     describe = on_error(tasks.CallAwsService(
         scope, "DescribeTrainingJob", service="sagemaker", action="describeTrainingJob",
@@ -189,7 +199,7 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
     prepare.next(create).next(await_end).next(record)
 
     # -- between sessions: one Choice decides what comes next, from the cursor ---------------------------------
-    next_step = sfn.Choice(scope, "NextStep?", comment="After the start, a session or a pool check")
+    next_step = sfn.Choice(scope, "NextStep?", comment="A session, a pool check, or the lineage's end")
     wait_retry = sfn.Wait(scope, "WaitBeforeRetry", time=sfn.WaitTime.seconds_path("$.run.retry_wait_seconds"),
                           comment="Capacity shortage: a new attempt (new job name) after a pause")
     wait_retry.next(prepare)
@@ -199,20 +209,49 @@ def build_definition(scope: Construct, *, functions: dict[str, lambda_.IFunction
                                    "cursor": sfn.JsonPath.object_at("$.cursor")},
                                   "$.cursor", "Bounded wait for WarmPoolStatus=Available"))
     wait_pool.next(check_pool).next(next_step)
-    next_step.when(sfn.Condition.string_equals("$.cursor.outcome", "failed"), handle_failure)
+    next_step.when(sfn.Condition.string_equals("$.cursor.outcome", "failed"), end_lineage)
     next_step.when(sfn.Condition.string_equals("$.cursor.outcome", "retry"), wait_retry)
     next_step.when(sfn.Condition.boolean_equals("$.cursor.wait_for_pool", True), wait_pool)
-    next_step.when(sfn.Condition.boolean_equals("$.cursor.done", True), finish)
+    next_step.when(sfn.Condition.boolean_equals("$.cursor.done", True), end_lineage)
     next_step.otherwise(prepare)
     record.next(next_step)
+
+
+    # -- the run: its lineages side by side, then its end ------------------------------------------------------
+    # An inline Map rather than a child execution per lineage: one execution is one run, so aborting it stops
+    # every lineage at once and the cleanup Lambda (execution ABORTED) stops every job and releases every pool;
+    # a failing iteration (fail_fast, the cost ceiling) ends the others, and no extra role needs
+    # states:StartExecution. The price, a history shared by all lineages, is checked at start
+    # (rlpipe.cloud.pacing.estimated_history_events; about 600 sessions over all lineages).
+    lineages = sfn.Map(scope, "Lineages", items_path="$.lineages", max_concurrency_path="$.run.parallel",
+                       result_path="$.lineages",
+                       comment="One whole curriculum per seed, at most run.parallel at once (so as many jobs)")
+    lineages.item_processor(next_step)
+    lineages.add_catch(handle_failure, result_path="$.error")
+    finish = _invoke(scope, "FinishRun", functions["finish_run"],
+                     {"run_id": run_id, "execution": execution, "execution_arn": execution_arn,
+                      "lineages": sfn.JsonPath.list_at("$.lineages")},
+                     "$.summary", "The run's status from its lineages'; succeeded: release pools, the report")
+    finish.add_catch(handle_failure, result_path="$.error")
+    notify_success = tasks.SnsPublish(scope, "NotifySuccess", topic=topic,
+                                      subject=sfn.JsonPath.string_at("$.summary.subject"),
+                                      message=sfn.TaskInput.from_json_path_at("$.summary.message"),
+                                      result_path=sfn.JsonPath.DISCARD)
+    notify_success.add_retry(interval=Duration.seconds(5), max_attempts=3, backoff_rate=2)
+    notify_success.next(sfn.Succeed(scope, "RunSucceeded"))
+    succeeded = sfn.Choice(scope, "AllLineagesSucceeded?")
+    succeeded.when(sfn.Condition.string_equals("$.summary.status", "succeeded"), notify_success)
+    succeeded.otherwise(handle_failure)
+    lineages.next(finish).next(succeeded)
 
     # -- start ----------------------------------------------------------------------------------------------
     read_input = sfn.Pass(scope, "ReadInput", parameters={
         "input": sfn.JsonPath.entire_payload, "execution": execution, "execution_arn": execution_arn,
         "started_at": sfn.JsonPath.execution_start_time}, comment="Whatever the input, an object to catch into")
-    start = on_error(_invoke(scope, "StartRun", functions["start_run"], {
+    start = _invoke(scope, "StartRun", functions["start_run"], {
         "input": sfn.JsonPath.object_at("$.input"), "execution": sfn.JsonPath.string_at("$.execution"),
         "execution_arn": sfn.JsonPath.string_at("$.execution_arn"),
         "started_at": sfn.JsonPath.string_at("$.started_at")},
-        "$", "Validate the input, plan, create or resume the run in S3"))
-    return read_input.next(start).next(next_step)
+        "$", "Validate the input, plan, create or resume the run and its lineages in S3")
+    start.add_catch(handle_failure, result_path="$.error")
+    return read_input.next(start).next(lineages)

@@ -16,13 +16,15 @@ The modules, each importing only those above it:
 * :mod:`~rlpipe.cloud.steps.loop`: the cursor, the pointer payload the state machine loops on;
 * :mod:`~rlpipe.cloud.steps.training_jobs`: stop the run's active job;
 * :mod:`~rlpipe.cloud.steps.pools`: warm pools (CheckPool, releasing a run's pools);
+* :mod:`~rlpipe.cloud.steps.lineages`: a run's lineages (one single-seed run per seed), its billed cost;
 * :mod:`~rlpipe.cloud.steps.job_events`: a job's end by event (AwaitJobEnd, the job-state event,
   reconciliation);
 * :mod:`~rlpipe.cloud.steps.start`: StartRun;
 * :mod:`~rlpipe.cloud.steps.prepare`: PrepareSession;
 * :mod:`~rlpipe.cloud.steps.record`: RecordSession;
 * :mod:`~rlpipe.cloud.steps.reporting`: the report in S3 and the alert's text;
-* :mod:`~rlpipe.cloud.steps.ending`: FinishRun, FailRun and the cleanup of executions that ended abnormally.
+* :mod:`~rlpipe.cloud.steps.ending`: EndLineage, FinishRun, FailRun and the cleanup of executions that ended
+  abnormally.
 
 The names below are the package's interface: the handlers call ``steps.<function>``.
 """
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 from rlpipe.cloud.steps.context import (SUBJECT_MAX, Context, InvalidInput, RunConflict, client, reset_clients,
                                         sns_subject)
-from rlpipe.cloud.steps.ending import cleanup_execution, fail_run, finish_run, readable_error
+from rlpipe.cloud.steps.ending import cleanup_execution, end_lineage, fail_run, finish_run, readable_error
 from rlpipe.cloud.steps.inputs import INPUT_FIELDS, read_input
 from rlpipe.cloud.steps.job_events import (JOB_ENDED, await_job_end, handle_job_event, job_state_changed,
                                            reconcile, wait_timeout_seconds)
@@ -39,7 +41,7 @@ from rlpipe.cloud.steps.loop import cursor
 from rlpipe.cloud.steps.pools import (NO_POOL_CHECKS, NO_POOL_STATUS, STARTING_SECONDARY, check_pool,
                                       release_run_pools)
 from rlpipe.cloud.steps.prepare import prepare_session
-from rlpipe.cloud.steps.record import CAPACITY_MARKERS, record_session
+from rlpipe.cloud.steps.record import CAPACITY_MARKERS, COST_CEILING_EXCEEDED, REQUIRE_GATE_FAILED, record_session
 from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report
 from rlpipe.cloud.steps.start import execution_is_running, start_run
 from rlpipe.cloud.steps.training_jobs import close_active_job
@@ -55,8 +57,9 @@ __all__ = [
     # a job's end by event
     "JOB_ENDED", "await_job_end", "handle_job_event", "job_state_changed", "reconcile", "wait_timeout_seconds",
     # the Lambdas' steps
-    "start_run", "execution_is_running", "prepare_session", "CAPACITY_MARKERS", "record_session",
-    "finish_run", "fail_run", "cleanup_execution",
+    "start_run", "execution_is_running", "prepare_session", "CAPACITY_MARKERS", "COST_CEILING_EXCEEDED",
+    "REQUIRE_GATE_FAILED", "record_session",
+    "end_lineage", "finish_run", "fail_run", "cleanup_execution",
     # the report and the alert
     "console_links", "readable_error", "summary_message", "write_report",
 ]

@@ -1,4 +1,5 @@
-"""The end of a run: FinishRun, FailRun (the failure path) and the cleanup of executions that ended abnormally."""
+"""The end of a lineage (EndLineage) and of a run: FinishRun, FailRun (the failure path) and the cleanup of
+executions that ended abnormally."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from typing import Any
 from rlpipe.cloud import jobs, naming
 from rlpipe.cloud.steps.context import Context, load_pipeline, sns_subject
 from rlpipe.cloud.steps.pools import release_run_pools
-from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report
+from rlpipe.cloud.steps.lineages import lineages_of, run_exists, run_status, started_lineages
+from rlpipe.cloud.steps.record import COST_CEILING_EXCEEDED
+from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report, write_run_report
 from rlpipe.cloud.steps.training_jobs import close_active_job
-from rlpipe.cloud.store import execution_key
+from rlpipe.cloud.store import RunStore, execution_key
 from rlpipe.state import RunState, utcnow
 
 log = logging.getLogger(__name__)
+
+LINEAGE_CAUSE_MAX = 1000  # characters of a lineage's error cause in the execution's payload
 
 
 def _finalize(ctx: Context, execution: str | None, **fields: Any) -> None:
@@ -31,27 +36,84 @@ def _record(ctx: Context, execution: str | None) -> dict[str, Any]:
     return (ctx.store.get_json_or_none(execution_key(execution)) if execution else None) or {}
 
 
-def finish_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-    """After the last session: mark the run succeeded, release pools, write the report.
+def _error_of(results: Any) -> dict[str, str] | None:
+    """The first lineage error among the Map's results (EndLineage's outputs)."""
+    for result in results if isinstance(results, list) else []:
+        if isinstance(result, Mapping) and result.get("error"):
+            return {"Error": str(result["error"]), "Cause": str(result.get("cause") or result["error"])}
+    return None
 
-    Event: ``{"run_id", "execution", "execution_arn"}``. Returns ``{"subject", "message", "report"}`` for the
-    SNS notification the state machine publishes (if that publish fails, the execution fails and the cleanup
-    Lambda sends the summary: the record is not marked ``notified`` here).
+
+def finish_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """After the lineages: the run's status from theirs; when every lineage succeeded, release pools and write
+    the report.
+
+    Event: ``{"run_id", "execution", "execution_arn", "lineages": [<EndLineage result>, ...]}``. Returns
+    ``{"status", "error", "subject", "message", "report"}``. ``succeeded``: the state machine publishes the
+    summary (if that publish fails, the execution fails and the cleanup Lambda sends it: the record is not
+    marked ``notified`` here). Otherwise ``error`` names the first lineage's error and the failure path
+    writes the report and alerts.
     """
-    store = ctx.run_store(event["run_id"])
-    state = store.load_state()
-    pending = [s.name for s in state.sessions if s.status != "completed"]
-    if pending:
-        state.finish("failed", f"sessions not completed: {', '.join(pending)}")
-    elif state.status != "succeeded":
-        state.finish("succeeded")
-    release_run_pools(ctx, state)
-    store.save_state(state)
-    report = write_report(ctx, store, state)
-    links = console_links(ctx, state.run_id, event.get("execution_arn"))
+    run_id = str(event["run_id"])
+    statuses = []
+    for lin, state in started_lineages(ctx, run_id):
+        pending = [s.name for s in state.sessions if s.status != "completed"]
+        if state.status not in ("succeeded", "failed", "interrupted"):
+            if pending:
+                state.finish("failed", f"sessions not completed: {', '.join(pending)}")
+            else:
+                state.finish("succeeded")
+        release_run_pools(ctx, state)
+        lin.store.save_state(state)
+        statuses.append(state.status)
+    status = run_status(statuses)
+    if status != "succeeded":
+        error = _error_of(event.get("lineages")) or {"Error": "RunFailed", "Cause": f"run {run_id} {status}"}
+        return {"status": status, "error": error, "subject": "", "message": "", "report": ""}
+    report = write_run_report(ctx, run_id)
+    links = console_links(ctx, run_id, event.get("execution_arn"))
     subject, message = summary_message(report, links)
-    _finalize(ctx, event.get("execution"), run_id=state.run_id, status=state.status)
-    return {"subject": subject, "message": message, "report": links["report"], "status": state.status}
+    _finalize(ctx, event.get("execution"), run_id=run_id, status=status)
+    return {"status": status, "error": {"Error": "", "Cause": ""}, "subject": subject, "message": message,
+            "report": links["report"]}
+
+
+def end_lineage(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """The end of one lineage (the last state of its Map iteration), whether it completed or failed.
+
+    Event: ``{"state": <the lineage's payload>}``: ``run`` (its ``run_id``, ``parent_run_id``, ``seed``),
+    ``cursor`` and, after a Catch, ``error``. Completed: the lineage succeeded. Failed (a Catch, a failed job,
+    a failed ``require`` gate, the cost ceiling): its job is stopped, the lineage is marked failed. Either way
+    its pools are released and, in a run with several seeds, its own report is written. No alert: the run's
+    end sends one for all lineages. Returns ``{"run_id", "seed", "status", "error", "cause", "stop_run"}``;
+    ``stop_run`` (``fail_fast``, or the cost ceiling) ends every other lineage.
+    """
+    payload = event.get("state") or {}
+    run = payload.get("run") or {}
+    run_id = str(run["run_id"])
+    parent = str(run.get("parent_run_id") or run_id)
+    cursor = payload.get("cursor") or {}
+    error_doc = payload.get("error") or (cursor.get("error") if cursor.get("outcome") == "failed" else None)
+    store = ctx.run_store(run_id)
+    state = store.load_state()
+    name = cause = ""
+    if error_doc is None:
+        if state.status not in ("succeeded", "failed", "interrupted"):
+            pending = [s.name for s in state.sessions if s.status != "completed"]
+            state.finish("failed" if pending else "succeeded",
+                         f"sessions not completed: {', '.join(pending)}" if pending else None)
+        release_run_pools(ctx, state)
+        store.save_state(state)
+    else:
+        name, cause = readable_error(error_doc)
+        _close_lineage(ctx, store, state, "failed", cause)
+    if run_id != parent:
+        write_report(ctx, store, state)
+    stop_run = bool(name) and (name == COST_CEILING_EXCEEDED or load_pipeline(ctx.run_store(parent)).fail_fast)
+    log.info("lineage %s ended %s%s", run_id, state.status, f" ({name}: {cause})" if name else "")
+    # Each lineage's result stays in the execution's payload (256 KB at most): the full cause is in the state.
+    return {"run_id": run_id, "seed": run.get("seed"), "status": state.status, "error": name[:256],
+            "cause": cause[:LINEAGE_CAUSE_MAX], "stop_run": stop_run}
 
 
 def readable_error(error: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -78,11 +140,9 @@ def _run_id_of(ctx: Context, payload: Mapping[str, Any], execution: str | None) 
     return _record(ctx, execution).get("run_id")
 
 
-def _close_run(ctx: Context, run_id: str, status: str, cause: str) -> tuple[RunState, dict[str, Any]]:
-    """Stop the active job (keep-alive dropped first), mark the session and run, release pools, write the
-    (partial) report."""
-    store = ctx.run_store(run_id)
-    state = store.load_state()
+def _close_lineage(ctx: Context, store: RunStore, state: RunState, status: str, cause: str) -> None:
+    """Stop the lineage's active job (keep-alive dropped first), mark its running session and itself, release
+    its pools."""
     close_active_job(ctx, state)
     for st in state.sessions:
         if st.status == "running":
@@ -93,7 +153,14 @@ def _close_run(ctx: Context, run_id: str, status: str, cause: str) -> tuple[RunS
         state.finish(status, cause)  # type: ignore[arg-type]
     release_run_pools(ctx, state)
     store.save_state(state)
-    return state, write_report(ctx, store, state)
+
+
+def _close_run(ctx: Context, run_id: str, status: str, cause: str) -> dict[str, Any]:
+    """Close every lineage of the run (stop its job, mark it, release its pools) and write the (partial)
+    report."""
+    for lin, state in started_lineages(ctx, run_id):
+        _close_lineage(ctx, lin.store, state, status, cause)
+    return write_run_report(ctx, run_id)
 
 
 def _no_run_message(ctx: Context, execution: str | None, execution_arn: str | None, ended: str, text: str
@@ -118,11 +185,13 @@ def fail_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """
     payload = event.get("state") or {}
     execution = event.get("execution")
-    error_doc = payload.get("error") or (payload.get("cursor") or {}).get("error")
+    summary_error = (payload.get("summary") or {}).get("error") or {}
+    error_doc = (payload.get("error") or (summary_error if summary_error.get("Error") else None)
+                 or (payload.get("cursor") or {}).get("error"))
     name, cause = readable_error(error_doc)
     run_id = _run_id_of(ctx, payload, execution)
-    if run_id and ctx.run_store(run_id).exists_run():
-        state, report = _close_run(ctx, run_id, "failed", cause)
+    if run_id and run_exists(ctx, run_id):
+        report = _close_run(ctx, run_id, "failed", cause)
         subject, message = summary_message(report, console_links(ctx, run_id, event.get("execution_arn")))
     else:
         subject, message = _no_run_message(ctx, execution, event.get("execution_arn"), "failed", f"{name}: {cause}")
@@ -141,12 +210,15 @@ _EVENT_STATUS = {"ABORTED": "interrupted", "TIMED_OUT": "failed", "FAILED": "fai
 
 def _jobs_of_execution(ctx: Context, run_id: str, execution: str) -> set[str]:
     """Names of the jobs ``execution`` created in ``run_id`` (from the attempt numbers it was handed)."""
-    store = ctx.run_store(run_id)
-    attempts = store.get_json_or_none(store.keys.attempts) or {}
-    names = [s.name for s in load_pipeline(store).sessions]
-    return {naming.job_name(ctx.settings.job_prefix, run_id, int(index), names[int(index)], int(attempt))
-            for index, given in attempts.items() for key, attempt in given.items()
-            if key.rsplit("#", 1)[0] == execution}
+    names: set[str] = set()
+    for lin in lineages_of(ctx, run_id):
+        attempts = lin.store.get_json_or_none(lin.store.keys.attempts) or {}
+        sessions = [s.name for s in load_pipeline(lin.store).sessions] if attempts else []
+        names |= {naming.job_name(ctx.settings.job_prefix, lin.run_id, int(index), sessions[int(index)],
+                                  int(attempt))
+                  for index, given in attempts.items() for key, attempt in given.items()
+                  if key.rsplit("#", 1)[0] == execution}
+    return names
 
 
 def _clean_up_after_takeover(ctx: Context, run_id: str, execution: str) -> dict[str, Any]:
@@ -154,11 +226,12 @@ def _clean_up_after_takeover(ctx: Context, run_id: str, execution: str) -> dict[
     mine = _jobs_of_execution(ctx, run_id, execution)
     for job_name in sorted(mine):
         jobs.close_job(ctx.sagemaker, job_name)
-    store = ctx.run_store(run_id)
-    state = store.load_state()
-    released = release_run_pools(ctx, state, only=mine)
-    if released:
-        store.save_state(state)
+    released = []
+    for lin, state in started_lineages(ctx, run_id):
+        freed = release_run_pools(ctx, state, only=mine)
+        if freed:
+            lin.store.save_state(state)
+            released += freed
     log.info("execution %s no longer drives run %s: released %s", execution, run_id, released or "nothing")
     return {"action": "released", "execution": execution, "run_id": run_id, "released": released}
 
@@ -184,20 +257,21 @@ def cleanup_execution(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     if detail.get("cause") or detail.get("error"):
         cause += f": {detail.get('error') or ''} {detail.get('cause') or ''}".rstrip()
     links = console_links(ctx, run_id or "-", detail.get("executionArn"))
-    if run_id and execution and ctx.run_store(run_id).exists_run():
+    if run_id and execution and run_exists(ctx, run_id):
         store = ctx.run_store(run_id)
         owner = (store.get_json_or_none(store.keys.owner) or {}).get("execution")
         if owner not in (None, execution):
             out = _clean_up_after_takeover(ctx, run_id, execution)
             _finalize(ctx, execution, cleaned_up=True, status=status.lower())
             return out
-        if store.load_state().status == "succeeded":
-            state = store.load_state()
-            release_run_pools(ctx, state)
-            store.save_state(state)
-            report = write_report(ctx, store, state)
+        states = list(started_lineages(ctx, run_id))
+        if run_status([state.status for _, state in states]) == "succeeded":
+            for lin, state in states:
+                release_run_pools(ctx, state)
+                lin.store.save_state(state)
+            report = write_run_report(ctx, run_id)
         else:
-            _, report = _close_run(ctx, run_id, _EVENT_STATUS.get(status, "failed"), cause)
+            report = _close_run(ctx, run_id, _EVENT_STATUS.get(status, "failed"), cause)
         subject, message = summary_message(report, links)
         message = f"The execution {execution} ended as {status}.\n\n" + message
     else:

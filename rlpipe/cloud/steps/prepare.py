@@ -40,7 +40,9 @@ def _previous_pool(plan: Plan, state: RunState, index: int) -> dict[str, Any]:
 def prepare_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """Write session.json and build the CreateTrainingJob request of the session's next attempt.
 
-    Event: ``{"run_id", "index", "try", "execution"}``. Returns ``{"job_name", "attempt", "timeout_seconds",
+    Event: ``{"run_id", "index", "try", "execution", "lineage"}`` (``lineage``: the lineage's position in the
+    run's seeds, which keeps its warm pools its own: :func:`~rlpipe.cloud.requests.lineage_volume_gb`).
+    Returns ``{"job_name", "attempt", "timeout_seconds",
     "previous_pool", "request"}``; the request goes unchanged to ``aws-sdk:sagemaker:createTrainingJob``,
     ``timeout_seconds`` bounds the wait for the job's end (:func:`~rlpipe.cloud.steps.job_events.wait_timeout_seconds`).
     """
@@ -60,7 +62,8 @@ def prepare_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     store.put_json(store.keys.session_file(index, session.name), doc)
     request = create_training_job_request(ctx.settings, run_id=state.run_id, pipeline=pipeline.name,
                                           index=index, session=session, planned=planned, job_name=name,
-                                          attempt=attempt, previous_bundle=previous_bundle)
+                                          attempt=attempt, previous_bundle=previous_bundle,
+                                          lineage=int(event.get("lineage") or 0))
     if st.job_name != name:  # a new attempt (not a retry of this step): forget the last attempt's end and time
         st.started_at = st.started_at or utcnow()
         st.ended_at, st.wall_seconds = None, None

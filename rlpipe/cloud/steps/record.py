@@ -8,6 +8,7 @@ from typing import Any
 
 from rlpipe.cloud import jobs
 from rlpipe.cloud.steps.context import Context, load_pipeline, load_plan
+from rlpipe.cloud.steps.lineages import billed_cost_usd
 from rlpipe.cloud.steps.loop import cursor
 from rlpipe.config import PipelineConfig
 from rlpipe.state import RunState, utcnow
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 
 # SageMaker reports capacity shortages as a failed job; a later attempt (a new job) may get capacity.
 CAPACITY_MARKERS = ("CapacityError", "InsufficientCapacity", "insufficient capacity")
+# The errors a lineage ends with although its job completed (EndLineage and the report name them).
+REQUIRE_GATE_FAILED = "RequireGateFailed"
+COST_CEILING_EXCEEDED = "CostCeilingExceeded"  # stops every lineage, whatever fail_fast says
 
 
 def _account(ledger: dict[str, Any], pipeline: PipelineConfig, state: RunState, index: int, job_name: str,
@@ -43,12 +47,37 @@ def _check_previous_pool(ctx: Context, state: RunState, index: int, pipeline: Pi
         prev.warm_pool_status = "Terminated"
 
 
+def _stop_after(ctx: Context, parent_run_id: str, pipeline: PipelineConfig, state: RunState, index: int,
+                last: bool) -> dict[str, str] | None:
+    """Why the lineage (or the run) ends after session ``index`` although its job completed: a failed
+    ``require`` gate, or the cost billed so far over all lineages above ``max_cost_usd``. None: go on."""
+    st = state.sessions[index]
+    if st.gate_failed and st.gate is not None:
+        state.finish("failed", st.gate.describe(st.name))
+        return {"Error": REQUIRE_GATE_FAILED, "Cause": state.error or ""}
+    ceiling = pipeline.max_cost_usd
+    if ceiling is None:
+        return None
+    billed = billed_cost_usd(ctx, parent_run_id, state)
+    if billed <= ceiling:
+        return None
+    cause = (f"billed cost so far ${billed:.2f} exceeds max_cost_usd ${ceiling:.2f}; the run stops after "
+             f"session '{st.name}'")
+    if last:
+        state.finish("succeeded")  # this lineage is complete; the others stop
+    else:
+        state.finish("failed", cause)
+    return {"Error": COST_CEILING_EXCEEDED, "Cause": cause}
+
+
 def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     """Record a finished job in the run's state and hand the bundle on; returns the next cursor.
 
-    Event: ``{"run_id", "index", "try", "job_name"}``. The cursor's ``outcome`` is ``next`` (go on; ``done``
-    when no session is left), ``retry`` (capacity shortage: a new attempt after a pause) or ``failed``
-    (``error`` says why; the state machine then runs the failure path).
+    Event: ``{"run_id", "index", "try", "job_name", "parent_run_id"}`` (the run the lineage belongs to; itself
+    when absent). The cursor's ``outcome`` is ``next`` (go on; ``done`` when no session is left), ``retry``
+    (capacity shortage: a new attempt after a pause) or ``failed`` (``error`` says why: the job failed, the
+    session's ``require`` gate failed, or the cost billed so far exceeds ``max_cost_usd``; the lineage then
+    ends through EndLineage).
     """
     store = ctx.run_store(event["run_id"])
     index, job_name, attempt_try = int(event["index"]), str(event["job_name"]), int(event.get("try", 0))
@@ -75,8 +104,13 @@ def record_session(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     if status == "Completed":
         st.status, st.error = "completed", None
         st.bundle = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-        store.save_state(state)
         nxt = state.next_index()
+        stop = _stop_after(ctx, str(event.get("parent_run_id") or state.run_id), pipeline, state, index,
+                           last=nxt is None)
+        store.save_state(state)
+        if stop is not None:
+            log.warning("session %s completed; %s", st.name, stop["Cause"])
+            return cursor(state, index, attempt_try=attempt_try, outcome="failed", error=stop)
         pool = jobs.pool_status(job)
         wait = bool(nxt is not None and plan.sessions[index].keep_alive_seconds > 0
                     and not jobs.pool_settled(pool))

@@ -9,6 +9,7 @@ from typing import Any
 
 from rlpipe.cloud.naming import execution_console_url
 from rlpipe.cloud.steps.context import Context, sns_subject
+from rlpipe.cloud.steps.lineages import lineages_of, read_lineage_record
 from rlpipe.cloud.store import RunKeys, RunStore
 from rlpipe.contract import FILMSTRIP_FILE, REPORT_FILES, VIDEO_FILE
 from rlpipe.state import RunState
@@ -18,18 +19,46 @@ log = logging.getLogger(__name__)
 _MESSAGE_ROWS = 40  # sessions listed in the alert e-mail; the report has them all
 
 
-def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, Any]:
-    """Build the report with the same code as the local runner and write report.json/.md/.html (+ PNG)."""
-    from rlpipe.report import build_report, render_html, render_markdown
+def _lineage_report(store: RunStore, state: RunState) -> dict[str, Any]:
+    from rlpipe.report import build_report
 
     outcomes = {s.name: (store.read_outcome(s.name) if s.job_name else None) for s in state.sessions}
-    report = build_report(state, outcomes)
+    return build_report(state, outcomes)
+
+
+def write_report(ctx: Context, store: RunStore, state: RunState) -> dict[str, Any]:
+    """Build a single-seed run's (or one lineage's) report with the same code as the local runner and write
+    report.json/.md/.html (+ PNG)."""
+    report = _lineage_report(store, state)
     media = publish_videos(ctx, store, report)
+    return _put_report(store, report, media, multi_seed=False)
+
+
+def write_run_report(ctx: Context, run_id: str) -> dict[str, Any]:
+    """Write the run's report: a single-seed run's own, or, with several seeds, the report across lineages
+    (the same :func:`~rlpipe.report.aggregate.multi_seed_report` as locally)."""
+    from rlpipe.report.aggregate import multi_seed_report
+
+    store = ctx.run_store(run_id)
+    record = read_lineage_record(store)
+    if record is None:
+        return write_report(ctx, store, store.load_state())
+    # Videos stay with each lineage's own report (EndLineage writes it beside the lineage's run).
+    reports = [(int(lin.seed or 0), _lineage_report(lin.store, lin.store.load_state()))
+               for lin in lineages_of(ctx, run_id) if lin.store.exists_run()]
+    report = multi_seed_report(str(record["pipeline"]), run_id, reports, int(record.get("parallel", 1)))
+    return _put_report(store, report, {}, multi_seed=True)
+
+
+def _put_report(store: RunStore, report: dict[str, Any], media: dict[str, bytes], multi_seed: bool
+                ) -> dict[str, Any]:
+    from rlpipe.report import render_html, render_markdown
+
     png: bytes | None = None
     try:
-        from rlpipe.report import learning_curve_png
+        from rlpipe.report.plots import learning_curve_png, seeds_curve_png
 
-        png = learning_curve_png(report)
+        png = seeds_curve_png(report) if multi_seed else learning_curve_png(report)
     except Exception as err:  # the report must still come out without its plot
         log.warning("learning curve not drawn: %s", err)
     store.put_report("json", json.dumps(report, indent=1).encode())
@@ -94,7 +123,8 @@ def console_links(ctx: Context, run_id: str, execution_arn: str | None) -> dict[
 
 def summary_message(report: Mapping[str, Any], links: Mapping[str, str]) -> tuple[str, str]:
     """(subject, body) of the e-mail: status, totals, a table of sessions (capped) and links."""
-    from rlpipe.report.render import failure_sentences, session_columns, summary_lines
+    from rlpipe.report.render import (aggregate_rows, failure_sentences, lineage_rows, session_columns,
+                                      summary_lines)
 
     status = str(report.get("status", "?")).upper()
     done, total = report.get("sessions_completed", 0), report.get("sessions_total", 0)
@@ -110,11 +140,23 @@ def summary_message(report: Mapping[str, Any], links: Mapping[str, str]) -> tupl
     wanted = ("Session", "Status", "Timesteps", "Final reward", "Job", "Billable s", "Reused pool",
               "Pool idle s", "Cost")
     columns = [(h, f) for h, f in session_columns(dict(report)) if h in wanted]
-    sessions = list(report.get("sessions") or [])
-    lines += ["", "Sessions:", "  " + " | ".join(h for h, _ in columns)]
-    lines += ["  " + " | ".join(f(s) for _, f in columns) for s in sessions[:_MESSAGE_ROWS]]
-    if len(sessions) > _MESSAGE_ROWS:
-        lines.append(f"  ... and {len(sessions) - _MESSAGE_ROWS} more sessions in the report")
+    lineages = list(report.get("lineages") or [])
+    if lineages:
+        lines += ["", f"Lineages ({len(lineages)} seeds, {report.get('parallel', 1)} at once):"]
+        lines += [f"  seed {seed}: {status}" + (f": {error}" if error and error != "-" else "")
+                  for seed, status, error in lineage_rows(dict(report))]
+        lines += ["", "Across seeds (mean, 95% CI):", "  Session | n | Final eval reward | Best eval reward"]
+        lines += [f"  {name} | {n} | {final} | {best}" for name, n, final, best in aggregate_rows(dict(report))]
+    groups = ([(f"Sessions of seed {lin['seed']}:", list(lin["sessions"])) for lin in lineages] if lineages
+              else [("Sessions:", list(report.get("sessions") or []))])
+    rows_left = _MESSAGE_ROWS
+    for title, sessions in groups:
+        lines += ["", title, "  " + " | ".join(h for h, _ in columns)]
+        lines += ["  " + " | ".join(f(s) for _, f in columns) for s in sessions[:rows_left]]
+        if len(sessions) > rows_left:
+            lines.append(f"  ... and {len(sessions) - rows_left} more sessions in the report")
+        rows_left = max(rows_left - len(sessions), 0)
+    sessions = [s for _, group in groups for s in group]
     videos = [(s.get("name"), s["video"]["url"]) for s in sessions
               if isinstance(s.get("video"), dict) and s["video"].get("url")]
     if videos:
