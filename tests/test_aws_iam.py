@@ -88,7 +88,7 @@ def scenarios(synthesized, tmp_path_factory) -> dict[str, Any]:
         outcomes["no pool quota"] = h.execute({"pipeline": TINY}, "no-quota").status
         # Session 1's pool is not taken and reads InUse until session 2 is recorded (9 looks: 1 by AwaitJobEnd,
         # 1 by the job-state event, 1 by RecordSession, 5 by CheckPool, 1 by session 2's RecordSession):
-        # FinishRun releases it.
+        # EndLineage releases it.
         h.sagemaker.pool_quota, h.sagemaker.reuse_pools = True, False
         h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = 0, 9
         outcomes["pool left at the end"] = h.execute({"pipeline": TINY}, "pool-left").status
@@ -114,11 +114,19 @@ def scenarios(synthesized, tmp_path_factory) -> dict[str, Any]:
         outcomes["job deleted while waited for"] = f"{gone.status}, {gone.failure().get('error')}"
         h.job_events = "once"
         h.sagemaker.reuse_pools, h.sagemaker.in_progress_describes, h.sagemaker.pool_settle_describes = True, 1, 2
+        # Two lineages, fail_fast: seed 1 fails in 'stand' while seed 0's 'stand' job runs; after EndLineage
+        # closed seed 1, the run's failure path drops that job's keep-alive and stops it (FailRun).
+        h.sagemaker.fail = {"stand@seed-1": 1}
+        h.sagemaker.hold = lambda job: job.run_id.endswith("-seed-0") and job.session == "stand"
+        outcomes["fail_fast over two lineages"] = h.execute({"pipeline": {**TINY, "name": "two", "seeds": [0, 1],
+                                                                          "parallel": 2, "fail_fast": True}},
+                                                            "fail-fast").status
+        h.sagemaker.hold = None
         held = HeldJobs(h, fail_first=True)
         h.sagemaker.describe = held  # type: ignore[method-assign]
         outcomes["job stopped by the failure path"] = h.execute({"pipeline": TINY}, "describe-fails").status
         stopped = [j for j in h.sagemaker.jobs.values() if j.status == "Stopped"]
-        outcomes["stopped jobs"] = str(len(stopped))
+        outcomes["stopped jobs"] = str(len(stopped) - 1)  # besides the fail_fast run's
         # The execution died mid-session without its cleanup: EventBridge runs the cleanup Lambda.
         held.names.add(abandon(h, run_id_of(ok), "three"))
         out = h.call_lambda("cleanup", {"detail": {"name": "three", "status": "ABORTED",
@@ -171,11 +179,12 @@ def test_every_path_runs_with_only_what_its_roles_grant(scenarios) -> None:
         "events lost, reconciled": "SUCCEEDED", "reconciliation": "{'completed': 2, 'heartbeats': 2}",
         "heartbeat missed": "SUCCEEDED, 1 describe", "job deleted while waited for": "FAILED, TrainingJobMissing",
         "stopped jobs": "1", "cleanup after abort": scenarios["outcomes"]["cleanup after abort"],
-        "stopped jobs after cleanup": "2"}
+        "stopped jobs after cleanup": "3", "fail_fast over two lineages": "FAILED"}
     used = scenarios["used"]
     assert {"sagemaker:CreateTrainingJob", "sagemaker:AddTags", "iam:PassRole", "sagemaker:DescribeTrainingJob",
             "lambda:InvokeFunction", "sns:Publish", "kms:GenerateDataKey", "kms:Decrypt"} <= used[STATE_MACHINE]
     assert "sagemaker:StopTrainingJob" in used["function:fail_run"]
+    assert {"sagemaker:StopTrainingJob", "sagemaker:UpdateTrainingJob"} <= used["function:end_lineage"]
     assert "sagemaker:StopTrainingJob" in used["function:cleanup"]
     assert {"states:SendTaskSuccess", "sagemaker:DescribeTrainingJob"} <= used["function:await_job"]
     assert {"states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat",

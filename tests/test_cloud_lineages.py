@@ -68,6 +68,9 @@ def test_three_lineages_two_at_a_time_each_reusing_its_own_pools(harness: Harnes
     assert ex.status == "SUCCEEDED", ex.failure()
     assert h.sagemaker.max_in_progress == 2 and len(h.sagemaker.creates) == 6
     run_id = run_id_of(ex)
+    # The lineages share the execution's history: StartRun's estimate holds.
+    plan = h.get_json(RunKeys(run_id).plan)
+    assert len(ex.events) <= plan["estimated_history_events"]
     record = h.get_json(RunKeys(run_id).lineages)
     assert [(lin["seed"], lin["run_id"]) for lin in record["lineages"]] == \
         [(s, f"{run_id}-seed-{s}") for s in range(3)]
@@ -118,6 +121,21 @@ def test_a_failing_lineage_does_not_stop_the_others(harness: Harness) -> None:
     (alert,) = [m for m in h.messages() if run_id in m["Message"]]
     assert "FAILED" in alert["Subject"] and "seed 1: failed" in alert["Message"]
     assert "seed 0: succeeded" in alert["Message"] and "seed 2: succeeded" in alert["Message"]
+
+
+def test_resume_runs_only_the_unfinished_lineage_from_its_failed_session(harness: Harness) -> None:
+    h = harness
+    h.sagemaker.fail = {"hold@seed-1": 1}
+    failed = h.execute({"pipeline": seeds(3, parallel=2)}, "fails-then-resumes")
+    run_id = run_id_of(failed)
+    before = len(h.sagemaker.creates)
+    resumed = h.execute({"resume_run_id": run_id}, "resumes")
+    assert (failed.status, resumed.status) == ("FAILED", "SUCCEEDED")
+    (again,) = [h.sagemaker.jobs[n] for n in h.sagemaker.creates[before:]]  # only seed 1's 'hold', once more
+    assert again.run_id == lineage_run_id(run_id, 1) and again.session == "hold"
+    assert [lineage_state(h, run_id, s).status for s in range(3)] == ["succeeded"] * 3
+    report = h.get_json(RunKeys(run_id).report("json"))
+    assert report["status"] == "succeeded" and report["aggregate"]["sessions"][1]["n"] == 3
 
 
 def test_fail_fast_stops_every_other_lineage_and_its_job(harness: Harness) -> None:

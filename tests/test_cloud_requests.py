@@ -231,3 +231,18 @@ def test_keep_alive_limit_is_botocores(sagemaker_model: Any, tiny_raw: dict[str,
     first = requests_for(raw)[0]
     assert first["ResourceConfig"]["KeepAlivePeriodInSeconds"] == MAX_KEEP_ALIVE_SECONDS
     assert_valid(sagemaker_model, "CreateTrainingJob", first)
+
+
+def test_each_lineage_asks_for_its_own_volume_size_so_its_pools_stay_its_own(sagemaker_model: Any) -> None:
+    """The warm-pool match compares VolumeSizeInGB: one GB per lineage position keeps lineages apart, within
+    the config's range (EBS's 16 TiB) at both ends and botocore's minimum."""
+    from rlpipe.cloud.requests import VOLUME_GB_MAX, lineage_volume_gb
+    from rlpipe.config import MAX_SEEDS, Compute
+
+    shape = sagemaker_model.operation_model("CreateTrainingJob").input_shape
+    least = shape.members["ResourceConfig"].members["VolumeSizeInGB"].metadata["min"]
+    limits = {type(m).__name__: m for m in Compute.model_fields["volume_size_gb"].metadata}
+    assert VOLUME_GB_MAX == limits["Le"].le
+    assert [lineage_volume_gb(30, k) for k in range(MAX_SEEDS)] == list(range(30, 30 + MAX_SEEDS))
+    top = [lineage_volume_gb(VOLUME_GB_MAX, k) for k in range(MAX_SEEDS)]
+    assert len(set(top)) == MAX_SEEDS and max(top) == VOLUME_GB_MAX and min(top) > least

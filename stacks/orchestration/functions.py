@@ -72,11 +72,9 @@ SPECS: dict[str, FunctionSpec] = {
                                 read=(RUNS_PREFIX, CHECKPOINTS_PREFIX), write=(RUNS_PREFIX,),
                                 sagemaker=("DescribeTrainingJob", "UpdateTrainingJob", "StopTrainingJob"),
                                 plots=True, timeout_seconds=300, memory_mb=1024),
-    "finish_run": FunctionSpec("The run's status from its lineages'; when all succeeded, releases warm pools and "
-                               "writes the report",
+    "finish_run": FunctionSpec("The run's status from its lineages'; when all succeeded, writes the report",
                                read=(RUNS_PREFIX, CHECKPOINTS_PREFIX, EXECUTIONS_PREFIX),
-                               write=(RUNS_PREFIX, EXECUTIONS_PREFIX),
-                               sagemaker=("DescribeTrainingJob", "UpdateTrainingJob"), plots=True,
+                               write=(RUNS_PREFIX, EXECUTIONS_PREFIX), plots=True,
                                timeout_seconds=300, memory_mb=1024),
     "fail_run": FunctionSpec("Failure path: stops the job, releases warm pools, writes the partial report, alerts",
                              read=(RUNS_PREFIX, CHECKPOINTS_PREFIX, EXECUTIONS_PREFIX),

@@ -45,8 +45,7 @@ def _error_of(results: Any) -> dict[str, str] | None:
 
 
 def finish_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-    """After the lineages: the run's status from theirs; when every lineage succeeded, release pools and write
-    the report.
+    """After the lineages: the run's status from theirs; when every lineage succeeded, the report.
 
     Event: ``{"run_id", "execution", "execution_arn", "lineages": [<EndLineage result>, ...]}``. Returns
     ``{"status", "error", "subject", "message", "report"}``. ``succeeded``: the state machine publishes the
@@ -55,18 +54,8 @@ def finish_run(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     writes the report and alerts.
     """
     run_id = str(event["run_id"])
-    statuses = []
-    for lin, state in started_lineages(ctx, run_id):
-        pending = [s.name for s in state.sessions if s.status != "completed"]
-        if state.status not in ("succeeded", "failed", "interrupted"):
-            if pending:
-                state.finish("failed", f"sessions not completed: {', '.join(pending)}")
-            else:
-                state.finish("succeeded")
-        release_run_pools(ctx, state)
-        lin.store.save_state(state)
-        statuses.append(state.status)
-    status = run_status(statuses)
+    # Every lineage ended in EndLineage (which released its pools), now or in an earlier execution.
+    status = run_status([state.status for _, state in started_lineages(ctx, run_id)])
     if status != "succeeded":
         error = _error_of(event.get("lineages")) or {"Error": "RunFailed", "Cause": f"run {run_id} {status}"}
         return {"status": status, "error": error, "subject": "", "message": "", "report": ""}
