@@ -91,16 +91,18 @@ def _run_arm(arm: str, pipeline: PipelineConfig, workdir: Path) -> dict[str, Any
             failed.append({"seed": lin.seed, "status": lin.status, "error": lin.error})
             log.error("%s seed %d: %s (%s); see %s", arm, lin.seed, lin.status, lin.error, out)
             continue
-        for index, (cfg, st) in enumerate(zip(pipeline.sessions, state.sessions)):
+        for cfg, st in zip(pipeline.sessions, state.sessions):
             evaluated = sorted(e.timesteps for e in st.evaluations if e.timesteps is not None)
             rows.append({
-                "arm": arm, "seed": lin.seed, "session": st.name, "index": index, "env": st.env,
+                "arm": arm, "seed": lin.seed, "session": st.name, "env": st.env,
                 "budget_steps": st.timesteps_budget, "steps": st.timesteps,
                 "stopped_early": st.stopped_early, "stop_step": st.stop_step,
                 "threshold": cfg.stop_when.at_least if cfg.stop_when else None,
                 "wall_seconds": st.wall_seconds, "fps": st.fps,
                 "final_eval_reward": st.final_eval_reward, "best_eval_reward": st.best_eval_reward,
                 "evaluated_steps": evaluated,
+                # A warm start's step-0 evaluation: the handed-over policy on this session's task.
+                "step0_eval_reward": next((e.mean_reward for e in st.evaluations if e.timesteps == 0), None),
             })
         log.info("%s seed %d: %s", arm, lin.seed, ", ".join(
             f"{r['session']} {r['steps']:,}/{r['budget_steps']:,} steps, final {r['final_eval_reward']:.1f}"
@@ -112,7 +114,7 @@ def _total(rows: list[dict[str, Any]], key: str) -> float:
     return sum(float(r[key] or 0.0) for r in rows)
 
 
-def _paired(ungated: list[dict[str, Any]], gated: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _paired(ungated: list[dict[str, Any]], gated: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """One entry per (seed, session) that both arms completed, the two arms side by side."""
     by_key = {(r["seed"], r["session"]): r for r in ungated}
     out = []
@@ -129,8 +131,9 @@ def _paired(ungated: list[dict[str, Any]], gated: list[dict[str, Any]]) -> list[
             "final_eval_reward": {"ungated": u["final_eval_reward"], "gated": g["final_eval_reward"]},
             "best_eval_reward": {"ungated": u["best_eval_reward"], "gated": g["best_eval_reward"]},
             "evaluated_steps": {"ungated": u["evaluated_steps"], "gated": g["evaluated_steps"]},
+            "step0_eval_reward": {"ungated": u["step0_eval_reward"], "gated": g["step0_eval_reward"]},
         })
-    return sorted(out, key=lambda p: (p["seed"], [r["session"] for r in ungated].index(p["session"])))
+    return sorted(out, key=lambda p: (p["seed"], names.index(p["session"])))
 
 
 def summarize(pairs: list[dict[str, Any]], sessions: list[str]) -> dict[str, Any]:
@@ -149,6 +152,8 @@ def summarize(pairs: list[dict[str, Any]], sessions: list[str]) -> dict[str, Any
             "stopped_early": f"{sum(p['stopped_early'] for p in ps)}/{len(ps)}",
             "stop_step": figure([p["stop_step"] for p in ps if p["stopped_early"]], "env steps", 0),
             "final_eval_reward": {arm: figure([p["final_eval_reward"][arm] for p in ps], "reward", 1)
+                                  for arm in ARMS},
+            "step0_eval_reward": {arm: figure([p["step0_eval_reward"][arm] for p in ps], "reward", 1)
                                   for arm in ARMS},
         }
         fe = per_session[name]["final_eval_reward"]
@@ -180,7 +185,7 @@ def run(budgets: Budgets, workdir: Path | None = None) -> dict[str, Any]:
         log.info("thresholds (%g of the ungated mean final eval reward): %s", budgets.gate_fraction, thresholds)
         gated = _run_arm("gated", quickstart_pipeline(budgets, thresholds), wd)
     first = plain.sessions[0]
-    pairs = _paired(ungated["rows"], gated["rows"])
+    pairs = _paired(ungated["rows"], gated["rows"], names)
     return {
         "config": str(QUICKSTART.relative_to(REPO)), "pipeline": plain.name, "sessions": names,
         "seeds": list(budgets.transfer_seeds), "parallel": plain.parallel,

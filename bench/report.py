@@ -566,14 +566,15 @@ def _gates_md(gt: dict[str, Any]) -> list[str]:
         "warm-starts from the first session's bundle, which in the gated arm is the policy at the stop.",
         "",
         "| session | seed | T | steps ungated | steps gated | stop_step | wall s ungated | wall s gated "
-        "| final eval reward ungated | final eval reward gated |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| env steps/s ungated → gated | final eval reward ungated | final eval reward gated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in gt["pairs"]:
         lines.append(
             f"| {p['session']} | {p['seed']} | {p['threshold']:g} | {p['steps']['ungated']:,} "
             f"| {p['steps']['gated']:,} | {_n(p['stop_step']) if p['stopped_early'] else '– (full budget)'} "
             f"| {_n(p['wall_seconds']['ungated'], 1)} | {_n(p['wall_seconds']['gated'], 1)} "
+            f"| {_n(p['fps']['ungated'])} → {_n(p['fps']['gated'])} "
             f"| {_n(p['final_eval_reward']['ungated'], 1)} | {_n(p['final_eval_reward']['gated'], 1)} |")
     lines += ["", "| | stopped early | steps ungated → gated | steps saved | wall s ungated → gated | wall saved "
               "| mean final eval reward ungated → gated | ratio |", "|---|---|---|---|---|---|---|---|"]
@@ -601,8 +602,18 @@ def _gates_md(gt: dict[str, Any]) -> list[str]:
         f"The curriculum's final policy (session {sm['last_session']}) ends at "
         f"{_n(sm['last_session_final_reward_ratio'], 3)} × the ungated mean final evaluation reward. A gated "
         "session's final evaluation is the one at its stop step; an ungated one's is at the end of its budget. "
-        "Mean ± std over seeds.",
+        "Mean ± std over seeds. Steps saved are exact; wall time also follows how fast each session trained "
+        "(env steps/s above), which moves with what else ran: a lineage alone on the machine trains faster than "
+        "two side by side or beside other work, and the gated arm's lineages overlap differently from the "
+        "ungated arm's since they end sooner.",
     ]
+    for n in names[1:]:
+        s0 = sm["per_session"][n]["step0_eval_reward"]
+        if s0["ungated"]["runs"] and s0["gated"]["runs"]:
+            lines += ["", f"{n} is warm-started: the handed-over policy scored {_mean_std(s0['ungated'], 1)} "
+                      f"(ungated) and {_mean_std(s0['gated'], 1)} (gated, the previous session stopped at its T) "
+                      f"at its step-0 evaluation, and {sm['per_session'][n]['stopped_early']} of its gated runs "
+                      "reached its own T for two evaluations in a row before the budget's end."]
     failed = [f"{arm} seed {f['seed']}: {f['status']}" for arm, fs in gt["failed_lineages"].items() for f in fs]
     if failed:
         lines += ["", "Lineages that did not complete (left out of the comparison): " + "; ".join(failed) + "."]
