@@ -572,7 +572,7 @@ def _gates_md(gt: dict[str, Any]) -> list[str]:
     for p in gt["pairs"]:
         lines.append(
             f"| {p['session']} | {p['seed']} | {p['threshold']:g} | {p['steps']['ungated']:,} "
-            f"| {p['steps']['gated']:,} | {_n(p['stop_step']) if p['stopped_early'] else '– (full budget)'} "
+            f"| {p['steps']['gated']:,} | {format(p['stop_step'], ',') if p['stopped_early'] else '– (full budget)'} "
             f"| {_n(p['wall_seconds']['ungated'], 1)} | {_n(p['wall_seconds']['gated'], 1)} "
             f"| {_n(p['fps']['ungated'])} → {_n(p['fps']['gated'])} "
             f"| {_n(p['final_eval_reward']['ungated'], 1)} | {_n(p['final_eval_reward']['gated'], 1)} |")
