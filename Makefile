@@ -74,7 +74,7 @@ aws-pipeline: $(VENV)/.train ## start CONFIG as a run on the deployed state mach
 destroy: $(VENV)/.dev node_modules/.package-lock.json ## delete the stack (retained bucket, repository and keys stay; see docs/deploy.md)
 	$(CDK) destroy $(CDK_ARGS)
 
-bench: $(VENV)/.dev ## benchmarks: bench/results.json + bench/RESULTS.md (QUICK=1: about 6 minutes, into bench/quick/; CLOUD=1: only the AWS model, seconds)
+bench: $(VENV)/.dev ## benchmarks: bench/results.json + bench/RESULTS.md (QUICK=1: about 8 minutes, into bench/quick/; CLOUD=1: only the AWS model, seconds)
 	$(BIN)/python -m bench $(if $(CLOUD),--only orchestration --merge,$(if $(QUICK),--quick --out bench/quick))
 
 chaos: $(VENV)/.train ## random-kill, corruption, lock and disk-full trials on a tiny curriculum (TRIALS=8 SEED=1)

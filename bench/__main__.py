@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only throughput,transition,transfer,orchestration,sbx] [--out DIR]``.
+"""``python -m bench [--quick] [--only throughput,transition,transfer,orchestration,sbx,gates] [--out DIR]``.
 
 Runs the benchmarks in this order (throughput first, while nothing of ours runs beside it) and writes
 ``results.json``, ``RESULTS.md`` and the plots into ``--out`` (default: this directory). The results are
@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import analysis, machine, orchestration, report, sbx, throughput, transfer, transition
+from bench import analysis, gates, machine, orchestration, report, sbx, throughput, transfer, transition
 from bench.settings import FULL, QUICK, SMOKE, Budgets
 from rlpipe.jsonio import read_json, write_json_atomic
 
-SECTIONS = ("throughput", "transition", "transfer", "orchestration", "sbx")
+SECTIONS = ("throughput", "transition", "transfer", "orchestration", "sbx", "gates")
 HERE = Path(__file__).resolve().parent
 THROUGHPUT_PNG = "throughput.png"
 TRANSFER_PNG = "transfer_vs_scratch.png"
@@ -40,6 +40,12 @@ def _budget_notes(b: Budgets) -> list[str]:
                         f"{tt:,} steps per session, evaluation every {b.transfer_eval_every:,} steps with "
                         f"{b.transfer_eval_episodes} episodes (reduced from the default curriculum's)")
         + f"; seeds {list(b.transfer_seeds)}; {b.workers} runs at a time",
+        "gates: the quickstart curriculum (configs/quickstart.yaml) "
+        + ("at its own budgets" if b.gate_timesteps is None else f"with {b.gate_timesteps:,} steps per session")
+        + f", evaluation every {b.gate_eval_every:,} steps"
+        + ("" if b.gate_eval_episodes is None else f" with {b.gate_eval_episodes} episodes")
+        + f"; seeds {list(b.transfer_seeds)}, {b.gate_parallel} lineages at a time; stop_when at "
+        f"{b.gate_fraction:g} of the ungated final reward for {b.gate_for_evals} evaluations",
     ]
 
 
@@ -95,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if results.get("mode") != budgets.mode:
             parser.error(f"--merge: {out / 'results.json'} is a {results.get('mode')} run, this is {budgets.mode}")
         now = machine.describe()
+        # The budgets of the sections run now (the same mode): a section added since the first run is described.
+        results["budgets"], results["budgets_notes"] = dataclasses.asdict(budgets), _budget_notes(budgets)
         results.setdefault("merged_sections", []).extend(
             {"section": name, "date": now["date"], "source_sha256": now["source_sha256"]} for name in only)
 
@@ -137,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         results["sbx"] = sbx.run(budgets, workdir("sbx"))
         finish_section("sbx", t0)
+    if "gates" in only:
+        t0 = time.perf_counter()
+        results["gates"] = gates.run(budgets, workdir("gates"))
+        finish_section("gates", t0)
     log.info("wrote %s and %s (%.1f min)", out / "results.json", out / "RESULTS.md", results["wall_seconds"] / 60)
     return 0
 

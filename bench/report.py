@@ -128,6 +128,23 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             out[name] = {"value": value, "unit": "ratio of median env steps/s", "runs": len(sx["seeds"]),
                          "worst_case": f"sac on {env_id}" if env_id else None, "what": what,
                          "per_env": {c["env"]: c[key] for c in sx["cases"] if c["algorithm"] == "sac"}}
+    gt = results.get("gates")
+    if gt:
+        sm = gt["summary"]
+        common = {"runs": len(gt["seeds"]), "seeds": gt["seeds"], "config": gt["config"],
+                  "stop_when": gt["stop_when"], "threshold_rule": gt["threshold_rule"],
+                  "stopped_early": sm["stopped_early"]}
+        out["gate_training_saved_fraction"] = {
+            "value": sm["steps"]["saved_fraction"], "unit": "fraction of training env steps saved (1 - gated/ungated)",
+            **common, "steps": {k: sm["steps"][k] for k in ("ungated", "gated")}}
+        out["gate_wall_saved_fraction"] = {
+            "value": sm["wall_seconds"]["saved_fraction"],
+            "unit": "fraction of session wall time saved (1 - gated/ungated)", "runs": len(gt["seeds"]),
+            "seconds": {k: sm["wall_seconds"][k] for k in ("ungated", "gated")}}
+        out["gate_final_reward_ratio"] = {
+            "value": sm["last_session_final_reward_ratio"],
+            "unit": "ratio of mean final eval reward of the last session (gated / ungated)",
+            "runs": len(gt["seeds"]), "session": sm["last_session"]}
     for key, item in out.items():
         if key in GOALS:
             op, bound = GOALS[key]
@@ -527,6 +544,82 @@ def _sbx_md(sx: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gates_md(gt: dict[str, Any]) -> list[str]:
+    sm, names = gt["summary"], gt["sessions"]
+    thresholds = gt["stop_when"]["at_least"]
+    budgets = ", ".join(f"{n} {gt['budget_steps'][n]:,}" for n in names)
+    lines = [
+        "## 6. Early stopping: what a `stop_when` gate saves",
+        "",
+        f"The quickstart curriculum (`{gt['config']}`: {budgets} steps) over seeds {gt['seeds']}, run twice by the "
+        f"local lineage driver (`rlpipe.lineages`, {gt['parallel']} lineages at a time, each a process with one "
+        "torch thread, so one core each): **ungated**, every session trains its whole "
+        f"budget; **gated**, every session has `stop_when: {{metric: {gt['stop_when']['metric']}, at_least: T, "
+        f"for_evals: {gt['stop_when']['for_evals']}}}`. Both arms evaluate every {gt['eval_every_steps']:,} steps "
+        f"({gt['eval_episodes']} episodes) instead of the quickstart's {gt['quickstart_eval_every_steps']:,}, so "
+        "the gate has a grid to act on, and both evaluate in the training process (a gated session always does; "
+        "`eval.background: false` in the ungated arm keeps the evaluation cost equal) and record no video. The "
+        "ungated arm runs first, then the gated one, in the same conditions otherwise.",
+        "",
+        f"**Threshold T**: {gt['threshold_rule']}: the level a user who has run the quickstart once would call "
+        "good enough. " + "; ".join(f"{n}: **T = {thresholds[n]:g}**" for n in names) + ". A second session "
+        "warm-starts from the first session's bundle, which in the gated arm is the policy at the stop.",
+        "",
+        "| session | seed | T | steps ungated | steps gated | stop_step | wall s ungated | wall s gated "
+        "| env steps/s ungated → gated | final eval reward ungated | final eval reward gated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in gt["pairs"]:
+        lines.append(
+            f"| {p['session']} | {p['seed']} | {p['threshold']:g} | {p['steps']['ungated']:,} "
+            f"| {p['steps']['gated']:,} | {format(p['stop_step'], ',') if p['stopped_early'] else '– (full budget)'} "
+            f"| {_n(p['wall_seconds']['ungated'], 1)} | {_n(p['wall_seconds']['gated'], 1)} "
+            f"| {_n(p['fps']['ungated'])} → {_n(p['fps']['gated'])} "
+            f"| {_n(p['final_eval_reward']['ungated'], 1)} | {_n(p['final_eval_reward']['gated'], 1)} |")
+    lines += ["", "| | stopped early | steps ungated → gated | steps saved | wall s ungated → gated | wall saved "
+              "| mean final eval reward ungated → gated | ratio |", "|---|---|---|---|---|---|---|---|"]
+
+    def row(label: str, part: dict[str, Any], stopped: str, rewards: dict[str, Any] | None,
+            reward_ratio: float | None) -> str:
+        st, wl = part["steps"], part["wall_seconds"]
+        rw = (f"{_mean_std(rewards['ungated'], 1)} → {_mean_std(rewards['gated'], 1)}" if rewards else "–")
+        return (f"| {label} | {stopped} | {st['ungated']:,.0f} → {st['gated']:,.0f} | "
+                f"{_pct_or_dash(st['saved_fraction'])} | {wl['ungated']:,.0f} → {wl['gated']:,.0f} | "
+                f"{_pct_or_dash(wl['saved_fraction'])} | {rw} | {_n(reward_ratio, 3)} |")
+
+    for n in names:
+        ps = sm["per_session"][n]
+        lines.append(row(n, ps, ps["stopped_early"], ps["final_eval_reward"],
+                         ps["final_reward_ratio_gated_vs_ungated"]))
+    lines.append(row("**curriculum**", sm, sm["stopped_early"], None, sm["last_session_final_reward_ratio"]))
+    aw = gt["arm_wall_seconds"]
+    lines += [
+        "",
+        f"Training steps saved: **{_pct_or_dash(sm['steps']['saved_fraction'])}**; session wall time saved: "
+        f"**{_pct_or_dash(sm['wall_seconds']['saved_fraction'])}** (each session's time in its lineage process, "
+        f"start to bundle written); the arms end to end (lineage processes started and queued {gt['parallel']} at a "
+        f"time): {aw['ungated']:,.0f} s → {aw['gated']:,.0f} s ({_pct_or_dash(aw.get('saved_fraction'))} saved). "
+        f"The curriculum's final policy (session {sm['last_session']}) ends at "
+        f"{_n(sm['last_session_final_reward_ratio'], 3)} × the ungated mean final evaluation reward. A gated "
+        "session's final evaluation is the one at its stop step; an ungated one's is at the end of its budget. "
+        "Mean ± std over seeds. Steps saved are exact; wall time also follows how fast each session trained "
+        "(env steps/s above), which moves with what else ran: a lineage alone on the machine trains faster than "
+        "two side by side or beside other work, and the gated arm's lineages overlap differently from the "
+        "ungated arm's since they end sooner.",
+    ]
+    for n in names[1:]:
+        s0 = sm["per_session"][n]["step0_eval_reward"]
+        if s0["ungated"]["runs"] and s0["gated"]["runs"]:
+            lines += ["", f"{n} is warm-started: the handed-over policy scored {_mean_std(s0['ungated'], 1)} "
+                      f"(ungated) and {_mean_std(s0['gated'], 1)} (gated, the previous session stopped at its T) "
+                      f"at its step-0 evaluation, and {sm['per_session'][n]['stopped_early']} of its gated runs "
+                      "reached its own T for two evaluations in a row before the budget's end."]
+    failed = [f"{arm} seed {f['seed']}: {f['status']}" for arm, fs in gt["failed_lineages"].items() for f in fs]
+    if failed:
+        lines += ["", "Lineages that did not complete (left out of the comparison): " + "; ".join(failed) + "."]
+    return lines
+
+
 def render_markdown(results: dict[str, Any], analysis: list[str] | None = None) -> str:
     """RESULTS.md: headline, machine, one section per benchmark, notes."""
     m = results["machine"]
@@ -568,6 +661,8 @@ def render_markdown(results: dict[str, Any], analysis: list[str] | None = None) 
         lines += [*_orchestration_md(results["orchestration"]), ""]
     if results.get("sbx"):
         lines += [*_sbx_md(results["sbx"]), ""]
+    if results.get("gates"):
+        lines += [*_gates_md(results["gates"]), ""]
     if results.get("budgets_notes"):
         lines += ["## Budgets", "", *[f"- {n}" for n in results["budgets_notes"]], ""]
     return "\n".join(lines)

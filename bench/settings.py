@@ -32,15 +32,25 @@ class Budgets:
     transfer_eval_every: int | None = None
     transfer_eval_episodes: int | None = None
     workers: int = 2
+    # The gates section: the quickstart curriculum (configs/quickstart.yaml) over transfer_seeds, without and with
+    # a stop_when on every session. None: the quickstart's own budgets and evaluation episodes.
+    gate_timesteps: int | None = None
+    gate_eval_every: int = 10000  # the quickstart evaluates every 25000: too coarse a grid for a gate to act on
+    gate_eval_episodes: int | None = None
+    gate_fraction: float = 0.9  # the threshold: this fraction of the ungated arm's mean final eval reward
+    gate_for_evals: int = 2
+    gate_parallel: int = 2  # lineages at once (one core each: the trainer uses one torch thread)
     orchestration_sessions: tuple[int, ...] = (1, 2, 5)
 
 
 FULL = Budgets(mode="full")
 QUICK = Budgets(mode="quick", repetitions=3, ppo_window=4096, sac_window=150, raw_window=5000, max_seconds=10.0,
                 transition_runs=3, transition_timesteps=1024, cold_runs=2,
-                transfer_timesteps=16384, transfer_eval_every=4096, transfer_eval_episodes=3)
+                transfer_timesteps=16384, transfer_eval_every=4096, transfer_eval_episodes=3,
+                gate_timesteps=20480, gate_eval_every=2048)
 # Microscopic: only checks that everything runs and the outputs are well formed (tests/test_bench_smoke.py).
 SMOKE = replace(QUICK, mode="smoke", envs=(HEIGHT,), algorithms=("ppo",), repetitions=1, ppo_window=256,
                 sac_window=20, raw_window=200, max_seconds=2.0, transition_runs=1, transition_timesteps=64, cold_runs=1,
                 transfer_seeds=(0, 1), transfer_timesteps=256, transfer_eval_every=128,
-                transfer_eval_episodes=1, orchestration_sessions=(1, 2))
+                transfer_eval_episodes=1, orchestration_sessions=(1, 2),
+                gate_timesteps=256, gate_eval_every=64, gate_eval_episodes=1)

@@ -42,6 +42,47 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_smoke_gates(tmp_path: Path) -> None:
+    """The gates section: both arms over the seeds, every stop on the evaluation grid, the headline and table."""
+    from bench.settings import SMOKE
+
+    out = tmp_path / "out"
+    assert main(["--smoke", "--only", "gates", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    gates = results["gates"]
+    sessions, seeds, every = gates["sessions"], gates["seeds"], gates["eval_every_steps"]
+    assert sessions == ["height-maximize", "crush-resistance"] and seeds == list(SMOKE.transfer_seeds)
+    assert every == SMOKE.gate_eval_every and gates["failed_lineages"] == {"ungated": [], "gated": []}
+    assert {(p["seed"], p["session"]) for p in gates["pairs"]} == {(s, n) for s in seeds for n in sessions}
+    for p in gates["pairs"]:
+        budget, steps = p["budget_steps"], p["steps"]
+        assert budget == SMOKE.gate_timesteps and steps["ungated"] == budget
+        assert p["threshold"] == gates["stop_when"]["at_least"][p["session"]] > 0
+        assert max(p["evaluated_steps"]["ungated"]) == budget
+        for arm in ("ungated", "gated"):
+            assert p["wall_seconds"][arm] > 0 and isinstance(p["final_eval_reward"][arm], float)
+        if p["stopped_early"]:
+            stop = p["stop_step"]
+            assert stop == steps["gated"] < budget and stop % every == 0, p
+            assert max(p["evaluated_steps"]["gated"]) == stop, p  # no evaluation past the stop
+            # the gate held at the stop and the evaluation before it (for_evals 2)
+            assert stop >= gates["stop_when"]["for_evals"] * every
+        else:
+            assert p["stop_step"] is None and steps["gated"] == budget
+    # An untrained policy's reward moves by a few percent between evaluations, T is 10 % below the mean: the gate
+    # stops these sessions, so the checks above on stops are exercised.
+    assert any(p["stopped_early"] for p in gates["pairs"])
+    summary = gates["summary"]
+    total_u = sum(p["steps"]["ungated"] for p in gates["pairs"])
+    total_g = sum(p["steps"]["gated"] for p in gates["pairs"])
+    assert summary["steps"]["saved_fraction"] == round(1 - total_g / total_u, 3) > 0
+    for key in ("gate_training_saved_fraction", "gate_wall_saved_fraction", "gate_final_reward_ratio"):
+        assert isinstance(results["headline"][key]["value"], float), key
+    md = (out / "RESULTS.md").read_text()
+    assert "## 6. Early stopping" in md and "| **curriculum** |" in md
+    assert md.count("| height-maximize |") == len(seeds) + 1  # one row per seed, one in the summary
+
+
 def test_job_end_model_before_and_after() -> None:
     """The cloud section's model: polling found every length's end 720 s late; events do not wait."""
     from bench import job_end

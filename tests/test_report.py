@@ -342,3 +342,53 @@ def test_bad_timestamps_do_not_crash(finished) -> None:
     assert report["sessions"][1]["first_step_at"] == "not a time"
     assert report["sessions"][1]["transition_seconds"] == 3.5  # the driver's record stands
     render_markdown(report)
+
+
+def _lineage_report(seed: int, stand_rewards: list[float], crush_rewards: list[float],
+                    stand_stop: int | None = None) -> dict[str, Any]:
+    """One seed's report of the two-session curriculum; ``stand_stop``: stand's stop_when ended it there."""
+    pipeline = _pipeline(third_session=False)
+    state = RunState.new(pipeline, f"run-seed-{seed}")
+    steps = stand_stop or 4000
+    gate = {"stopped_early": True, "stop_step": stand_stop} if stand_stop else {}
+    _fill(state, "stand", 0, timesteps=steps, **gate)
+    _fill(state, "crush", 22, global_timestep_offset=4000)
+    state.finish("succeeded")
+    metrics = {"stand": {**_metrics("stand", "rlpipe/HeightMaximize-v0", 0, steps, 0, stand_rewards), **gate},
+               "crush": _metrics("crush", "rlpipe/CrushResistance-v0", 4000, 4000, 22, crush_rewards)}
+    return build_report(state, metrics)
+
+
+def test_seeds_band_ends_where_a_seed_stopped_early_on_the_global_axis() -> None:
+    """With one seed's first session stopped by stop_when at 2000 of 4000 steps, the band across seeds covers
+    only the steps every lineage evaluated (cut at that stop); the next session (planned offset 4000) is
+    whole, on the global timestep axis."""
+    from rlpipe.report.aggregate import curve_band, multi_seed_report
+    from rlpipe.report.plots import seeds_curve_figure, seeds_curve_png
+
+    lineages = [(0, _lineage_report(0, [1.0, 2.0, 3.0, 4.0], [5.0, 6.0])),
+                (1, _lineage_report(1, [2.0, 4.0], [7.0, 9.0], stand_stop=2000)),
+                (2, _lineage_report(2, [3.0, 3.0, 5.0, 6.0], [6.0, 6.0]))]
+    report = multi_seed_report("curr", "run", lineages, parallel=2)
+    stand = [lin["sessions"][0] for lin in report["lineages"]]
+    assert [s["stopped_early"] for s in stand] == [False, True, False] and stand[1]["stop_step"] == 2000
+    assert [e["global_timesteps"] for e in stand[1]["evaluations"]] == [1000, 2000]
+
+    band = curve_band(report["lineages"], "stand")
+    assert [b["global_timesteps"] for b in band] == [1000, 2000]
+    assert [b["mean"] for b in band] == pytest.approx([2.0, 3.0])
+    assert all(b["lo"] <= b["mean"] <= b["hi"] for b in band)
+    assert 1.0 <= band[0]["lo"] < band[0]["mean"] < band[0]["hi"] <= 3.0  # within the seeds' values 1, 2, 3
+    crush = curve_band(report["lineages"], "crush")
+    assert [b["global_timesteps"] for b in crush] == [6000, 8000]
+    assert [b["mean"] for b in crush] == pytest.approx([6.0, 7.0])
+
+    fig = seeds_curve_figure(report)
+    ax = fig.axes[0]
+    curves = {line.get_label().split(" ")[0]: line for line in ax.lines if not line.get_label().startswith("_")}
+    assert list(curves["stand"].get_xdata()) == [1000, 2000]
+    assert "1/3 seeds stopped early" in curves["stand"].get_label()
+    assert list(curves["crush"].get_xdata()) == [6000, 8000] and curves["crush"].get_label() == "crush"
+    bands = [c.get_paths()[0].vertices[:, 0] for c in ax.collections]
+    assert [(min(x), max(x)) for x in bands] == [(1000, 2000), (6000, 8000)]
+    assert seeds_curve_png(report).startswith(PNG_MAGIC)

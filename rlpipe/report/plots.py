@@ -129,9 +129,10 @@ def _timeline(ax: Any, sessions: list[dict[str, Any]], colours: list[str]) -> No
     ax.set_xlim(0, t)
 
 
-def seeds_curve_png(report: dict[str, Any], dpi: int = 100) -> bytes:
-    """PNG across lineages: per session, the mean evaluation reward over seeds and its 95 % bootstrap band,
-    on the global timestep axis (at the steps every lineage evaluated)."""
+def seeds_curve_figure(report: dict[str, Any], dpi: int = 100) -> Any:
+    """The figure of :func:`seeds_curve_png` (a matplotlib ``Figure`` on an Agg canvas): per session, the mean
+    evaluation reward over seeds and its 95 % bootstrap band, on the global timestep axis, at the steps every
+    lineage evaluated: where a seed's session stopped early (``stop_when``), the band ends at that stop."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
@@ -150,8 +151,11 @@ def seeds_curve_png(report: dict[str, Any], dpi: int = 100) -> bytes:
             continue
         drawn = True
         xs = [b["global_timesteps"] for b in band]
+        stopped = sum(1 for lin in lineages for s in lin["sessions"] if s["name"] == name and s.get("stopped_early"))
+        label = name + (f" ({stopped}/{len(lineages)} seeds stopped early; band to the first stop)" if stopped
+                        else "")
         ax.fill_between(xs, [b["lo"] for b in band], [b["hi"] for b in band], color=f"C{i % 10}", alpha=0.2, lw=0)
-        ax.plot(xs, [b["mean"] for b in band], color=f"C{i % 10}", marker="o", ms=3, lw=1.6, label=name)
+        ax.plot(xs, [b["mean"] for b in band], color=f"C{i % 10}", marker="o", ms=3, lw=1.6, label=label)
         if i:
             ax.axvline(lineages[0]["sessions"][i].get("global_timestep_offset") or 0, color=_BOUNDARY_COLOUR,
                        ls="--", lw=1)
@@ -165,6 +169,12 @@ def seeds_curve_png(report: dict[str, Any], dpi: int = 100) -> bytes:
     ax.set_ylabel(f"mean eval reward over {len(lineages)} seeds (95 % band)")
     ax.grid(alpha=0.3)
     ax.set_title(f"{report.get('pipeline')}  ·  run {report.get('run_id')}  ·  {report.get('status')}", fontsize=11)
+    return fig
+
+
+def seeds_curve_png(report: dict[str, Any], dpi: int = 100) -> bytes:
+    """PNG across lineages: per session, the mean evaluation reward over seeds and its 95 % bootstrap band,
+    on the global timestep axis (at the steps every lineage evaluated)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    seeds_curve_figure(report, dpi).savefig(buf, format="png")
     return buf.getvalue()
