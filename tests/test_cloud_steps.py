@@ -342,16 +342,27 @@ def test_record_failures(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
 
 # ---- end of a run -------------------------------------------------------------------------------------------
 
-def test_finish_writes_report_and_releases_pools(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
+def _end_lineage(ctx: Any, run_id: str, cursor: dict[str, Any]) -> dict[str, Any]:
+    """EndLineage as the state machine calls it for a single-seed run (its own lineage)."""
+    return steps.end_lineage({"state": {"run": {"run_id": run_id, "parent_run_id": run_id, "seed": None},
+                                        "cursor": cursor}}, ctx)
+
+
+def test_end_lineage_releases_pools_then_finish_writes_report(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> None:
     ctx, sm = aws["ctx"], aws["sagemaker"]
     run_id, first = _through_first_session(aws, tiny_raw, pool="Reused")
     steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
     second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
     sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/", pool="Available")  # left idling somehow
-    steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
-    out = steps.finish_run({"run_id": run_id, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
-    assert out["status"] == "succeeded" and "SUCCEEDED" in out["subject"] and run_id in out["message"]
+    cursor = steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
+    ended = _end_lineage(ctx, run_id, cursor)
+    assert ended == {"run_id": run_id, "seed": None, "status": "succeeded", "error": "", "cause": "",
+                     "stop_run": False}
     assert [u["TrainingJobName"] for u in sm.updates] == [second]
+    out = steps.finish_run({"run_id": run_id, "execution": "exec-1", "execution_arn": "arn:x",
+                            "lineages": [ended]}, ctx)
+    assert out["status"] == "succeeded" and "SUCCEEDED" in out["subject"] and run_id in out["message"]
+    assert [u["TrainingJobName"] for u in sm.updates] == [second]  # FinishRun calls no SageMaker action
     report = ctx.store.get_json(RunKeys(run_id).report("json"))
     assert report["status"] == "succeeded" and report["sessions"][0]["final_eval_reward"] == 3.5
     assert ctx.store.get_json(execution_key("exec-1"))["finalized"] is True
@@ -451,7 +462,8 @@ def test_cleanup_keeps_a_succeeded_run_succeeded(aws: dict[str, Any], tiny_raw: 
     steps.record_session({"run_id": run_id, "index": 0, "try": 0, "job_name": first}, ctx)
     second = steps.prepare_session({"run_id": run_id, "index": 1, "try": 0, "execution": "exec-1"}, ctx)["job_name"]
     sm.completed(second, f"s3://{BUCKET}/runs/{run_id}/output/")
-    steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
+    cursor = steps.record_session({"run_id": run_id, "index": 1, "try": 0, "job_name": second}, ctx)
+    _end_lineage(ctx, run_id, cursor)
     steps.finish_run({"run_id": run_id, "execution": "exec-1", "execution_arn": "arn:x"}, ctx)
     # The execution then fails while publishing the summary: the run stays succeeded, the summary goes out.
     event = {"detail": {"name": "exec-1", "status": "FAILED", "executionArn": "arn:x:exec-1"}}
