@@ -186,16 +186,3 @@ def check_cost_ceiling(plan: Plan) -> None:
         raise CostCeilingError(f"pipeline '{plan.pipeline}': max_cost_usd: estimated ${total:.2f} for {n} "
                                f"lineage(s) ({n} x ${plan.estimated_cost_usd:.2f}) exceeds the ceiling of "
                                f"${ceiling:.2f}; raise max_cost_usd, list fewer seeds or shorten the sessions")
-
-
-def single_lineage_problem(pipeline: PipelineConfig) -> str | None:
-    """Why a driver that runs one lineage with the sessions' own seeds (the AWS driver, for now) cannot run
-    ``pipeline`` as written; None when it can. Refusing beats silently training other seeds than asked."""
-    if pipeline.seeds is None:
-        return None
-    own = sorted({s.seed for s in pipeline.sessions})
-    if pipeline.seeds != own or len(own) != 1:
-        return (f"pipeline '{pipeline.name}': seeds {pipeline.seeds}: runs on AWS train one lineage with the "
-                f"sessions' own seed ({', '.join(map(str, own))}); start one run per seed with defaults.seed set, "
-                "or run the seeds locally with `rlpipe run`")
-    return None

@@ -1,5 +1,6 @@
 """Watching a run on AWS against moto: `rlpipe status` once and with --watch, progress from state.json,
-checkpoint manifests and CloudWatch metrics, and the dashboard link of the run-end e-mail."""
+checkpoint manifests and CloudWatch metrics, a run with several seeds (one view per lineage), and the
+dashboard link of the run-end e-mail."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from rlpipe.cloud import metrics, watch
 from rlpipe.cloud.environment import LambdaSettings
 from rlpipe.cloud.requests import StackSettings
+from rlpipe.cloud.steps.lineages import lineage_record, lineage_run_id
 from rlpipe.cloud.store import RunKeys, S3Store, execution_key
 from rlpipe.config import parse_pipeline
 from rlpipe.outcome import Evaluation
@@ -69,8 +71,9 @@ def _running_run(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> RunState:
     return state
 
 
-def _checkpoint(aws: dict[str, Any], steps: int, rewards: list[float], manifest: bool = True) -> None:
-    prefix = f"{RunKeys(RUN_ID).checkpoints('hold')}step-{steps:012d}/"
+def _checkpoint(aws: dict[str, Any], steps: int, rewards: list[float], manifest: bool = True,
+                run_id: str = RUN_ID) -> None:
+    prefix = f"{RunKeys(run_id).checkpoints('hold')}step-{steps:012d}/"
     aws["s3"].put_object(Bucket=BUCKET, Key=prefix + "model.zip", Body=b"zip")
     if manifest:
         _put(aws, prefix + "manifest.json", {"timesteps": steps, "files": {"model.zip": "x"}, "evaluations": [
@@ -193,6 +196,123 @@ def test_watch_ends_when_the_execution_ended_without_the_run(app: typer.Typer, a
 def test_interval_has_a_floor(app: typer.Typer, aws: dict[str, Any]) -> None:
     result = invoke(app, "status", RUN_ID, "--watch", "--interval", "0.1")
     assert result.exit_code == 2 and "--interval" in result.output
+
+
+# --- several seeds --------------------------------------------------------------------------------------------
+
+def _running_lineages(aws: dict[str, Any], tiny_raw: dict[str, Any]) -> dict[int, RunState]:
+    """A run with seeds 0 and 1 side by side, each lineage running ``hold`` (job ``rlpipe-<seed>-001-hold-1``)
+    after a completed ``stand``; one execution drives both."""
+    tiny_raw.update(seeds=[0, 1], parallel=2)
+    pipeline = parse_pipeline(tiny_raw)
+    _put(aws, RunKeys(RUN_ID).lineages, lineage_record(pipeline, RUN_ID))
+    arn = aws["sfn"].start_execution(stateMachineArn=aws["machine"], name="my-run")["executionArn"]
+    owner = {"execution": "my-run", "execution_arn": arn}
+    _put(aws, RunKeys(RUN_ID).owner, owner)
+    _put(aws, execution_key("my-run"), {"run_id": RUN_ID, "execution": "my-run"})
+    states = {}
+    for seed in (0, 1):
+        state = RunState.new(pipeline.lineage(seed), lineage_run_id(RUN_ID, seed))
+        first, second = state.sessions
+        first.status, first.timesteps, first.final_eval_reward = "completed", 256, 10.0 + seed
+        second.status, second.job_name, second.attempts, state.status = "running", f"rlpipe-{seed}-001-hold-1", 1, \
+            "running"
+        _put(aws, RunKeys(state.run_id).state, state.to_json())
+        _put(aws, RunKeys(state.run_id).owner, owner)
+        states[seed] = state
+    return states
+
+
+def _end_lineage(aws: dict[str, Any], state: RunState, status: str, error: str | None = None) -> None:
+    hold = state.sessions[1]
+    hold.status, hold.timesteps = ("completed" if status == "succeeded" else "failed"), 256
+    hold.error = error
+    state.finish(status, error)  # type: ignore[arg-type]
+    _put(aws, RunKeys(state.run_id).state, state.to_json())
+
+
+def _hold_row(output: str, seed: int) -> list[str]:
+    """The cells of ``hold``'s row in the table of seed ``seed`` (the last drawing of it in ``output``)."""
+    lines = output.splitlines()
+    start = max(i for i, line in enumerate(lines) if f"seed {seed} / {RUN_ID}-seed-{seed}:" in line)
+    row = next(line for line in lines[start:] if "│ hold" in line)
+    return [c.strip() for c in row.split("│")]
+
+
+def test_status_of_several_seeds_reads_each_lineages_progress(app: typer.Typer, aws: dict[str, Any],
+                                                              tiny_raw: dict[str, Any]) -> None:
+    _running_lineages(aws, tiny_raw)
+    _checkpoint(aws, 128, [3.25], run_id=lineage_run_id(RUN_ID, 1))  # the lineage's own checkpoint prefix
+    _metrics(aws, "rlpipe-0-001-hold-1", [(1, {"timesteps": 192, "eval_mean_reward": 6.5, "fps": 700.0})])
+    result = invoke(app, "status", RUN_ID)
+    assert result.exit_code == 0, result.output
+    assert f"tiny / {RUN_ID}: running (seeds 0, 1; 2 at once)" in result.output
+    assert _hold_row(result.output, 0)[6:10] == ["192 / 256 (75%)", "6.50", "700", "cloudwatch"]
+    assert _hold_row(result.output, 1)[6:10] == ["128 / 256 (50%)", "3.25", "-", "checkpoint"]
+
+
+def test_watch_follows_every_lineage_until_all_have_ended(app: typer.Typer, aws: dict[str, Any],
+                                                          tiny_raw: dict[str, Any],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 0 succeeds at the first pause, seed 1 at the second: the watch goes on until both have ended,
+    asking Step Functions about the one execution once per refresh."""
+    states = _running_lineages(aws, tiny_raw)
+    views: list[watch.LineagesView] = []
+    described: list[str] = []
+    real_view = watch.LineagesWatcher.view
+    real_describe = aws["sfn"].describe_execution
+
+    class CountingStepFunctions:
+        def describe_execution(self, executionArn: str) -> Any:  # noqa: N803 (boto3's name)
+            described.append(executionArn)
+            return real_describe(executionArn=executionArn)
+
+    def recording_view(self: watch.LineagesWatcher) -> watch.LineagesView:
+        self.stepfunctions = CountingStepFunctions()
+        views.append(real_view(self))
+        return views[-1]
+
+    def advance(seconds: float) -> None:
+        _end_lineage(aws, states[len(views) - 1], "succeeded")
+
+    monkeypatch.setattr(watch, "pause", advance)
+    monkeypatch.setattr(watch.LineagesWatcher, "view", recording_view)
+    result = invoke(app, "status", "my-run", "--watch", "--interval", "5")
+    assert result.exit_code == 0, result.output
+    assert [[lin.status for lin in v.lineages] for v in views] == [
+        ["running", "running"], ["succeeded", "running"], ["succeeded", "succeeded"]]
+    assert [v.status for v in views] == ["running", "running", "succeeded"]
+    assert len(described) == 2  # once per refresh while the run was running; not again once it had ended
+    assert f"tiny / {RUN_ID}: succeeded (seeds 0, 1; 2 at once)" in result.output
+    assert _hold_row(result.output, 1)[3] == "completed"
+
+
+def test_watch_of_several_seeds_exits_1_when_a_lineage_failed(app: typer.Typer, aws: dict[str, Any],
+                                                              tiny_raw: dict[str, Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    states = _running_lineages(aws, tiny_raw)
+    _end_lineage(aws, states[0], "succeeded")
+    _end_lineage(aws, states[1], "failed", "session hold: training job failed")
+    monkeypatch.setattr(watch, "pause", _no_pause)
+    result = invoke(app, "status", RUN_ID, "--watch")
+    assert result.exit_code == 1
+    assert f"tiny / {RUN_ID}: failed (seeds 0, 1; 2 at once)" in result.output
+    assert "seed 1: error: session hold: training job failed" in result.output
+    assert "seed 0: error" not in result.output
+
+
+def test_watch_of_several_seeds_ends_when_the_execution_ended(app: typer.Typer, aws: dict[str, Any],
+                                                              tiny_raw: dict[str, Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _running_lineages(aws, tiny_raw)
+    aws["sfn"].stop_execution(executionArn=f"{aws['machine'].replace(':stateMachine:', ':execution:')}:my-run")
+    monkeypatch.setattr(watch, "pause", _no_pause)
+    result = invoke(app, "status", f"{RUN_ID}-seed-0", "--watch")  # one lineage: the same execution
+    assert result.exit_code == 1
+    assert "execution my-run ended as ABORTED" in result.output
+    result = invoke(app, "status", RUN_ID, "--watch")
+    assert result.exit_code == 1
+    assert "execution my-run ended as ABORTED" in result.output
 
 
 # --- the pieces ----------------------------------------------------------------------------------------------

@@ -124,14 +124,3 @@ def test_aggregate_statistics() -> None:
     # Stratified: each stratum keeps its size, so a constant stratum never shifts the pooled mean.
     lo, hi = stratified_bootstrap_ci([[0.0, 0.0], [10.0, 10.0]], lambda v: sum(v) / len(v))
     assert lo == hi == 5.0
-
-
-def test_start_run_refuses_several_seeds_it_would_not_train(aws: dict[str, Any],  # noqa: F811
-                                                            tiny_raw: dict[str, Any]) -> None:
-    from rlpipe.cloud import steps
-
-    tiny_raw.update(seeds=[0, 1])
-    with pytest.raises(steps.InvalidInput, match=r"seeds \[0, 1\]: runs on AWS train one lineage"):
-        start(aws["ctx"], {"pipeline": tiny_raw}, "two-seeds")
-    tiny_raw.update(seeds=[0])  # the sessions' own seed: one lineage, as written
-    assert start(aws["ctx"], {"pipeline": tiny_raw}, "one-seed")["run"]["sessions"] == 2

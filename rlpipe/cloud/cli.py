@@ -3,6 +3,9 @@
 They find the state machine, the bucket and the training-job settings (role, image, job prefix, VPC, KMS
 key) in the deployed stack's CloudFormation outputs, so the only thing to know is the stack name
 (``--stack``, ``$RLPIPE_STACK``, default ``RlpipeStack``).
+
+A run with several seeds is several lineages in one execution (:mod:`rlpipe.cloud.steps.lineages`): status,
+stop and fetch-report take its run id, the run id of one of its lineages or the execution's name.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from rlpipe.cloud import naming
 from rlpipe.cloud.jobs import ACTIVE_JOB_STATUSES
 from rlpipe.cloud.naming import DEFAULT_STACK_NAME
 from rlpipe.cloud.requests import StackSettings, create_training_job_request
-from rlpipe.cloud.store import CONFIGS_PREFIX, REPORT_FILES, RunKeys, S3Store, execution_key, is_missing
-from rlpipe.cloud.watch import RunWatcher, follow, run_table
+from rlpipe.cloud.steps.lineages import parent_of, read_lineage_record
+from rlpipe.cloud.store import CONFIGS_PREFIX, REPORT_FILES, RunKeys, RunStore, S3Store, execution_key, is_missing
+from rlpipe.cloud.watch import LineagesView, LineagesWatcher, RunWatcher, follow, render
 from rlpipe.config import ConfigError, PipelineConfig, load_pipeline
 from rlpipe.contract import session_document
-from rlpipe.plan import CostCeilingError, build_plan, check_cost_ceiling, single_lineage_problem
+from rlpipe.plan import CostCeilingError, build_plan, check_cost_ceiling
 from rlpipe.state import RunState
 
 DEFAULT_STACK = DEFAULT_STACK_NAME
@@ -38,8 +42,8 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 StackOpt = Annotated[str, typer.Option("--stack", envvar="RLPIPE_STACK", help="CloudFormation stack name")]
 RegionOpt = Annotated[Optional[str], typer.Option("--region", envvar="AWS_REGION",
                                                   help="AWS region (default: your AWS configuration's)")]
-RunArg = Annotated[str, typer.Argument(help="run id, or the name of the execution that started it",
-                                       show_default=False)]
+RunArg = Annotated[str, typer.Argument(help="run id (of a run or of one of its lineages), or the name of the "
+                                            "execution that started it", show_default=False)]
 
 
 class CloudError(Exception):
@@ -89,6 +93,9 @@ class Stack:
     def store(self) -> S3Store:
         return S3Store(self.client("s3"), self.bucket)
 
+    def run_store(self, run_id: str) -> RunStore:
+        return RunStore(self.client("s3"), self.bucket, run_id)
+
 
 def _load(config: Path) -> PipelineConfig:
     try:
@@ -121,9 +128,6 @@ def start_run(stack: Stack, config: Path, name: str | None = None) -> dict[str, 
         check_cost_ceiling(build_plan(pipeline))  # before anything is uploaded or started
     except CostCeilingError as exc:
         raise CloudError(str(exc)) from None
-    several = single_lineage_problem(pipeline)
-    if several is not None:
-        raise CloudError(several)
     uri = upload_pipeline(stack, pipeline)
     name = name or execution_name(pipeline)
     sfn = stack.client("stepfunctions")
@@ -133,10 +137,13 @@ def start_run(stack: Stack, config: Path, name: str | None = None) -> dict[str, 
 
 
 def resolve_run(stack: Stack, run: str) -> str:
-    """The run id of ``run`` (a run id, or an execution's name or ARN)."""
+    """The run id of ``run``: a run id (of a single-seed run, a run with several seeds or one of its lineages),
+    or an execution's name or ARN (the run it started)."""
     name = run.rsplit(":", 1)[-1] if run.startswith("arn:") else run
-    if naming.is_valid_run_id(name) and stack.store.exists(RunKeys(name).state):
-        return name
+    if naming.is_valid_run_id(name):
+        keys = RunKeys(name)
+        if stack.store.exists(keys.state) or stack.store.exists(keys.lineages):
+            return name
     record = stack.store.get_json_or_none(execution_key(name))
     if record and record.get("run_id"):
         return str(record["run_id"])
@@ -145,19 +152,72 @@ def resolve_run(stack: Stack, run: str) -> str:
     raise CloudError(f"no run or execution '{run}' in s3://{stack.bucket}/")
 
 
+def lineages_record(stack: Stack, run_id: str) -> dict[str, Any] | None:
+    """``lineages.json`` of ``run_id`` when it is a run with several seeds, else None."""
+    return read_lineage_record(stack.run_store(run_id))
+
+
+def lineage_parent(stack: Stack, run_id: str) -> tuple[str, int] | None:
+    """The run and seed of which ``run_id`` is a lineage, or None when it is a run of its own."""
+    parent = parent_of(run_id)
+    if parent is None:
+        return None
+    record = lineages_record(stack, parent[0]) or {}
+    listed = any(str(item.get("run_id")) == run_id for item in record.get("lineages") or [])
+    return parent if listed else None
+
+
 def load_state(stack: Stack, run: str) -> RunState:
     return RunState.model_validate(stack.store.get_json(RunKeys(resolve_run(stack, run)).state))
 
 
-def watcher(stack: Stack, run: str, *, cloudwatch: bool = True) -> RunWatcher:
-    """A :class:`RunWatcher` of ``run`` (run id or execution name) with the stack's clients."""
-    return RunWatcher(stack.store, resolve_run(stack, run), stepfunctions=stack.client("stepfunctions"),
-                      cloudwatch=stack.client("cloudwatch") if cloudwatch else None)
-
-
-def stop_run(stack: Stack, run: str) -> str:
-    """Stop the execution driving ``run``; the cleanup Lambda then stops its job and releases pools."""
+def status_document(stack: Stack, run: str) -> dict[str, Any]:
+    """What ``rlpipe status --json`` prints: a single-seed run's state.json; for a run with several seeds
+    ``{"run_id", "seeds", "lineages": [{"seed", "run_id", "state"}]}`` (state None until it is written)."""
     run_id = resolve_run(stack, run)
+    record = lineages_record(stack, run_id)
+    if record is None:
+        return RunState.model_validate(stack.store.get_json(RunKeys(run_id).state)).to_json()
+    lineages = []
+    for item in record["lineages"]:
+        state = stack.store.get_json_or_none(RunKeys(str(item["run_id"])).state)
+        lineages.append({"seed": item["seed"], "run_id": item["run_id"],
+                         "state": None if state is None else RunState.model_validate(state).to_json()})
+    return {"run_id": run_id, "seeds": record["seeds"], "lineages": lineages}
+
+
+def watcher(stack: Stack, run: str, *, cloudwatch: bool = True) -> RunWatcher | LineagesWatcher:
+    """A :class:`RunWatcher` of ``run`` (run id or execution name) with the stack's clients; a
+    :class:`LineagesWatcher` when it is a run with several seeds."""
+    run_id = resolve_run(stack, run)
+    clients = {"stepfunctions": stack.client("stepfunctions"),
+               "cloudwatch": stack.client("cloudwatch") if cloudwatch else None}
+    record = lineages_record(stack, run_id)
+    if record is not None:
+        return LineagesWatcher(stack.store, record, **clients)
+    return RunWatcher(stack.store, run_id, **clients)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """An execution ``rlpipe stop`` stopped, and what the user should know about it."""
+
+    execution_arn: str
+    note: str | None = None
+
+
+def stop_run(stack: Stack, run: str) -> Stopped:
+    """Stop the execution driving ``run``; the cleanup Lambda then stops its jobs and releases pools.
+
+    A lineage is not stopped alone: its execution drives every lineage of its run, so that is stopped.
+    """
+    run_id = resolve_run(stack, run)
+    parent = lineage_parent(stack, run_id)
+    note = None
+    if parent is not None:
+        note = (f"'{run_id}' is the lineage of seed {parent[1]} of run '{parent[0]}': its execution runs every "
+                "lineage of that run, so all of them stop")
+        run_id = parent[0]
     owner = stack.store.get_json_or_none(RunKeys(run_id).owner) or {}
     arn = owner.get("execution_arn")
     if not arn:
@@ -167,17 +227,14 @@ def stop_run(stack: Stack, run: str) -> str:
         raise CloudError(f"execution {arn} is not running; its cleanup has run (or, if the run still shows "
                          f"'running', a resume takes it over: the start step stops what it left)")
     sfn.stop_execution(executionArn=arn, error="rlpipe.Stopped", cause="stopped with `rlpipe stop`")
-    return arn
+    return Stopped(arn, note)
 
 
-def fetch_report(stack: Stack, run: str, output: Path | None = None) -> list[Path]:
-    """Download the run's state and report files into ``output`` (default ./runs/<run id>)."""
-    run_id = resolve_run(stack, run)
-    keys = RunKeys(run_id)
-    out = output or Path("runs") / run_id
+def _download(stack: Stack, keys: list[str], out: Path) -> list[Path]:
+    """Write each of ``keys`` that exists into ``out`` under its file name; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for key in [keys.state, *(keys.report(kind) for kind in REPORT_FILES)]:
+    for key in keys:
         try:
             data = stack.store.get_bytes(key)
         except Exception as exc:
@@ -187,8 +244,30 @@ def fetch_report(stack: Stack, run: str, output: Path | None = None) -> list[Pat
         path = out / key.rsplit("/", 1)[-1]
         path.write_bytes(data)
         written.append(path)
+    return written
+
+
+def fetch_report(stack: Stack, run: str, output: Path | None = None) -> list[Path]:
+    """Download the run's state and report files into ``output`` (default ./runs/<run id>).
+
+    A run with several seeds gets the local layout of one: its ``lineages.json`` and report across lineages
+    in ``output``, each lineage's state and report in ``output/seed-<s>/``.
+    """
+    run_id = resolve_run(stack, run)
+    keys = RunKeys(run_id)
+    out = output or Path("runs") / run_id
+    record = lineages_record(stack, run_id)
+    reports = [keys.report(kind) for kind in REPORT_FILES]
+    if record is None:
+        written = _download(stack, [keys.state, *reports], out)
+    else:
+        written = _download(stack, [keys.lineages, *reports], out)
     if not any(p.name == REPORT_FILES["html"] for p in written):
         raise CloudError(f"run '{run_id}' has no report yet (it is written when the run ends)")
+    for item in (record or {}).get("lineages") or []:
+        lineage = RunKeys(str(item["run_id"]))
+        written += _download(stack, [lineage.state, *(lineage.report(kind) for kind in REPORT_FILES)],
+                             out / f"seed-{item['seed']}")
     return written
 
 
@@ -261,7 +340,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(run: RunArg, stack: StackOpt = DEFAULT_STACK, region: RegionOpt = None,
-               as_json: Annotated[bool, typer.Option("--json", help="print state.json")] = False,
+               as_json: Annotated[bool, typer.Option(
+                   "--json", help="print state.json (several seeds: each lineage's, with its seed)")] = False,
                watch: Annotated[bool, typer.Option(
                    "--watch", "-w", help="redraw until the run ends; exit status 0 only if it succeeded")] = False,
                interval: Annotated[float, typer.Option(
@@ -269,40 +349,56 @@ def register(app: typer.Typer) -> None:
                cloudwatch: Annotated[bool, typer.Option(
                    "--cloudwatch/--no-cloudwatch",
                    help="read the running job's latest metrics from CloudWatch (fresher than S3)")] = True) -> None:
-        """Per-session status of a run on AWS: state, steps, latest evaluation reward and speed."""
+        """Per-session status of a run on AWS: state, steps, latest evaluation reward and speed.
+
+        A run with several seeds shows a table per lineage under a line for the run; --watch follows until
+        every lineage has ended (or the execution has)."""
         if as_json and watch:
-            raise _fail(CloudError("--json prints state.json once; it does not go with --watch"))
+            raise _fail(CloudError("--json prints the run's state once; it does not go with --watch"))
         try:
             found = Stack.find(stack, region)
             if as_json:
-                print(json.dumps(load_state(found, run).to_json(), indent=2))
+                print(json.dumps(status_document(found, run), indent=2))
                 return
             runs = watcher(found, run, cloudwatch=cloudwatch)
+            parent = lineage_parent(found, runs.run_id) if isinstance(runs, RunWatcher) else None
+            if parent is not None:
+                console.print(f"lineage of seed {parent[1]} of run {parent[0]} (`rlpipe status {parent[0]}` "
+                              "shows every seed)", highlight=False)
             view = follow(runs, console, interval) if watch else runs.view()
         except CloudError as exc:
             raise _fail(exc) from None
         if not watch:
-            console.print(run_table(view))
-        if view.state.error:
-            console.print(f"error: {view.state.error}", markup=False, highlight=False)
-        if watch and view.state.status != "succeeded":
+            console.print(render(view))
+        errors = ([(f"seed {lin.seed}: ", lin.view.state.error) for lin in view.lineages if lin.view is not None]
+                  if isinstance(view, LineagesView) else [("", view.state.error)])
+        for prefix, error in errors:
+            if error:
+                console.print(f"{prefix}error: {error}", markup=False, highlight=False)
+        if watch and view.status != "succeeded":
             raise typer.Exit(1)
 
     @app.command()
     def stop(run: RunArg, stack: StackOpt = DEFAULT_STACK, region: RegionOpt = None) -> None:
-        """Stop a run on AWS: its execution is aborted, then its training job stopped and its pools released."""
+        """Stop a run on AWS: its execution is aborted, then its training jobs stopped and its pools released.
+
+        Given a lineage of a run with several seeds, the whole run stops (one execution drives every lineage)."""
         try:
-            arn = stop_run(Stack.find(stack, region), run)
+            stopped = stop_run(Stack.find(stack, region), run)
         except CloudError as exc:
             raise _fail(exc) from None
-        console.print(f"stopped {arn}; the cleanup Lambda stops the training job, releases warm pools and "
-                      "writes the partial report", highlight=False)
+        if stopped.note:
+            console.print(stopped.note, highlight=False)
+        console.print(f"stopped {stopped.execution_arn}; the cleanup Lambda stops the training jobs, releases "
+                      "warm pools and writes the partial report", highlight=False)
 
     @app.command("fetch-report")
     def fetch_report_cmd(run: RunArg, stack: StackOpt = DEFAULT_STACK, region: RegionOpt = None,
                          output: Annotated[Optional[Path], typer.Option(
                              "--output", "-o", help="directory (default ./runs/<run id>)")] = None) -> None:
-        """Download a run's report (json, md, html, png) and state.json from S3."""
+        """Download a run's report (json, md, html, png) and state.json from S3.
+
+        Several seeds: the report across lineages and lineages.json, each lineage's into seed-<s>/."""
         try:
             paths = fetch_report(Stack.find(stack, region), run, output)
         except CloudError as exc:

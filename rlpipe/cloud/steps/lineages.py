@@ -9,6 +9,7 @@ local lineage is an ordinary run directory under ``runs/<name>/seed-<s>/``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,16 @@ def lineage_run_id(run_id: str, seed: int) -> str:
     """The run id of seed ``seed``'s lineage (at most 80 characters: :func:`~rlpipe.cloud.naming.new_run_id`
     gives at most 63, seeds have at most 10 digits)."""
     return f"{run_id}-seed-{seed}"
+
+
+_LINEAGE_RUN_ID = re.compile(r"^(?P<run>.+)-seed-(?P<seed>[0-9]+)$")
+
+
+def parent_of(run_id: str) -> tuple[str, int] | None:
+    """The run and seed that ``run_id`` would be the lineage of (the inverse of :func:`lineage_run_id`), or None
+    when it does not have that shape; whether that run exists and lists it is for the caller to check."""
+    found = _LINEAGE_RUN_ID.match(run_id)
+    return (found["run"], int(found["seed"])) if found else None
 
 
 def is_multi_seed(pipeline: PipelineConfig) -> bool:
@@ -57,13 +68,18 @@ def read_lineage_record(store: RunStore) -> dict[str, Any] | None:
     return record if isinstance(record, Mapping) else None
 
 
+def lineages_in(store: RunStore) -> list[Lineage]:
+    """The lineages of the run of ``store``, in seed order: its own run when it has one seed."""
+    record = read_lineage_record(store)
+    if record is None:
+        return [Lineage(None, 0, store)]
+    return [Lineage(int(item["seed"]), i, RunStore(store.s3, store.bucket, str(item["run_id"])))
+            for i, item in enumerate(record["lineages"])]
+
+
 def lineages_of(ctx: Context, run_id: str) -> list[Lineage]:
     """The lineages of ``run_id``, in seed order: its own run when it has one seed."""
-    record = read_lineage_record(ctx.run_store(run_id))
-    if record is None:
-        return [Lineage(None, 0, ctx.run_store(run_id))]
-    return [Lineage(int(item["seed"]), i, ctx.run_store(str(item["run_id"])))
-            for i, item in enumerate(record["lineages"])]
+    return lineages_in(ctx.run_store(run_id))
 
 
 def run_exists(ctx: Context, run_id: str) -> bool:
