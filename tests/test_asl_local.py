@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 
 from rlpipe.cloud.steps.job_events import WAIT_MARGIN_SECONDS
-from tests.asl_local.bridge import TIMEOUT_KEY, LocalExecution, LocalInterpreter, local_definition, run_local
+from tests.asl_local.bridge import RUN, TIMEOUT_KEY, LocalExecution, LocalInterpreter, local_definition, run_local
 from tests.conftest import TINY
 from tests.sfn_harness import MOCK_CONFIG, REGION, Execution, Harness
 from tests.sfn_scenarios import reconcile_on_wait, reconcile_while_running, run_id_of
@@ -73,8 +73,37 @@ def both(h: Harness, local: LocalInterpreter, execution_input: Any, name: str,
     return on_moto, on_local
 
 
+MAP_ITERATION_ENDS = ("MapIterationSucceeded", "MapIterationFailed", "MapIterationAborted")
+
+
+def moto_paths(ex: Execution) -> dict[str | int, list[str]]:
+    """The states an execution on moto entered at the top level (key ``RUN``) and in each Map iteration (its
+    index), each in order. Iterations interleave in the history; each event names the one before it in its own
+    thread (``previousEventId``), back to its iteration's MapIterationStarted."""
+    owner: dict[int, int | None] = {}  # event id -> iteration index (None: top level)
+    ended: set[int] = set()  # an iteration's last event: what follows it is the Map's again
+    paths: dict[str | int, list[str]] = {RUN: []}
+    for event in ex.events:
+        details = event.get("mapIterationStartedEventDetails") or {}
+        previous = event.get("previousEventId", 0)
+        if event["type"] == "MapIterationStarted":
+            index: int | None = details["index"]
+        elif previous in ended:
+            index = None
+        else:
+            index = owner.get(previous)
+        if event["type"] in MAP_ITERATION_ENDS:
+            ended.add(event["id"])
+        owner[event["id"]] = index
+        if "stateEnteredEventDetails" in event:
+            paths.setdefault(RUN if index is None else index, []).append(event["stateEnteredEventDetails"]["name"])
+    return paths
+
+
 def assert_same(on_moto: Execution, on_local: LocalExecution, name: str) -> None:
-    assert on_local.path == on_moto.states_entered(), f"{name}: the interpreters took different paths"
+    """Same states entered (at the top level and within each lineage, in order) and the same end. With one
+    lineage this is the whole path in order: its states all lie between the Map's entry and the next state."""
+    assert on_local.paths() == moto_paths(on_moto), f"{name}: the interpreters took different paths"
     names = (f"{name}-moto", f"{name}-local")
     assert outcome(on_local, names) == outcome(on_moto, names)
 
