@@ -73,27 +73,20 @@ def both(h: Harness, local: LocalInterpreter, execution_input: Any, name: str,
     return on_moto, on_local
 
 
-MAP_ITERATION_ENDS = ("MapIterationSucceeded", "MapIterationFailed", "MapIterationAborted")
-
-
 def moto_paths(ex: Execution) -> dict[str | int, list[str]]:
     """The states an execution on moto entered at the top level (key ``RUN``) and in each Map iteration (its
     index), each in order. Iterations interleave in the history; each event names the one before it in its own
-    thread (``previousEventId``), back to its iteration's MapIterationStarted."""
+    thread (``previousEventId``), back to its iteration's MapIterationStarted. The Map state's own events
+    (``MapState*``), and those after them, are the top level's again."""
     owner: dict[int, int | None] = {}  # event id -> iteration index (None: top level)
-    ended: set[int] = set()  # an iteration's last event: what follows it is the Map's again
     paths: dict[str | int, list[str]] = {RUN: []}
     for event in ex.events:
-        details = event.get("mapIterationStartedEventDetails") or {}
-        previous = event.get("previousEventId", 0)
         if event["type"] == "MapIterationStarted":
-            index: int | None = details["index"]
-        elif previous in ended:
+            index: int | None = event["mapIterationStartedEventDetails"]["index"]
+        elif event["type"].startswith("MapState"):
             index = None
         else:
-            index = owner.get(previous)
-        if event["type"] in MAP_ITERATION_ENDS:
-            ended.add(event["id"])
+            index = owner.get(event.get("previousEventId", 0))
         owner[event["id"]] = index
         if "stateEnteredEventDetails" in event:
             paths.setdefault(RUN if index is None else index, []).append(event["stateEnteredEventDetails"]["name"])
