@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +96,11 @@ def moto_paths(ex: Execution) -> dict[str | int, list[str]]:
 
 
 def assert_same(on_moto: Execution, on_local: LocalExecution, name: str) -> None:
-    """Same states entered (at the top level and within each lineage, in order) and the same end. With one
-    lineage this is the whole path in order: its states all lie between the Map's entry and the next state."""
+    """Same states entered (at the top level and within each lineage, in order; with one lineage, the whole
+    path in order) and the same end. With several, lineages interleave differently on each interpreter."""
     assert on_local.paths() == moto_paths(on_moto), f"{name}: the interpreters took different paths"
+    if len(on_local.paths()) <= 2:  # one lineage: nothing interleaves, the whole path in order is the same
+        assert on_local.path == on_moto.states_entered(), f"{name}: the interpreters took different paths"
     names = (f"{name}-moto", f"{name}-local")
     assert outcome(on_local, names) == outcome(on_moto, names)
 
@@ -185,8 +189,6 @@ def test_result_path_dollar_is_mishandled_by_aws_local_stepfunctions_3_0_0() -> 
         arn = sfn.create_state_machine(name="dollar", definition=json.dumps(definition),
                                        roleArn="arn:aws:iam::123456789012:role/r")["stateMachineArn"]
         ex = sfn.start_execution(stateMachineArn=arn, input=json.dumps(given))["executionArn"]
-        import time
-
         for _ in range(200):
             desc = sfn.describe_execution(executionArn=ex)
             if desc["status"] != "RUNNING":
@@ -218,6 +220,47 @@ def test_timeout_seconds_path_is_read_from_the_effective_input_by_aws_local_step
     assert changed == {"Work": "TimeoutSecondsPath"}
     assert run_local(fixed, given, {}, answer).output == {"done": "x"}
     assert seen == [{"name": "x", TIMEOUT_KEY: 30}]  # the bridge takes the key off before the call
+
+
+def map_machine(concurrency: dict[str, Any]) -> dict[str, Any]:
+    """A Map whose iterations each run one .waitForTaskToken Task (``concurrency``: MaxConcurrency[Path])."""
+    work = {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+            "Parameters": {"FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:work",
+                           "Payload": {"item.$": "$.item", "token.$": "$$.Task.Token"}}, "End": True}
+    return {"StartAt": "Items", "States": {
+        "Items": {"Type": "Map", "ItemsPath": "$.items", **concurrency, "ResultPath": "$.done", "End": True,
+                  "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "Work",
+                                    "States": {"Work": work}}}}}
+
+
+def test_max_concurrency_path_is_honoured_by_aws_local_stepfunctions_3_0_0() -> None:
+    """The state machine caps its lineages with ``MaxConcurrencyPath`` ($.run.parallel). aws-local-stepfunctions
+    3.0.0 reads it from the Map's input (MapStateAction.execute), as AWS does, so the bridge leaves it as it is.
+    Without a cap the same iterations all run at once: the bridge answers Tasks side by side, and each
+    concurrent run of a .waitForTaskToken Task gets a token of its own."""
+    given = {"items": [{"item": i} for i in range(5)], "limit": 2}
+    in_flight: list[int] = []
+    lock = threading.Lock()
+
+    def answer(state: str, task_input: Any, token: str) -> Any:
+        with lock:
+            in_flight.append(in_flight[-1] + 1 if in_flight else 1)
+            seen.append((task_input["Payload"]["item"], task_input["Payload"]["token"], token))
+        time.sleep(0.3)
+        with lock:
+            in_flight.append(in_flight[-1] - 1)
+        return {"item": task_input["Payload"]["item"]}
+
+    for concurrency, most in (({"MaxConcurrencyPath": "$.limit"}, 2), ({}, 5)):
+        seen: list[tuple[int, str, str]] = []
+        in_flight.clear()
+        ended = run_local(map_machine(concurrency), given, {}, answer)
+        assert ended.status == "SUCCEEDED" and ended.output["done"] == [{"item": i} for i in range(5)]
+        assert max(in_flight) == most, concurrency
+        assert ended.paths() == {RUN: ["Items"], **{i: ["Work"] for i in range(5)}}
+        assert sorted(item for item, _, _ in seen) == list(range(5))
+        assert all(in_payload == told for _, in_payload, told in seen)  # the token the Task was given
+        assert len({token for _, token, _ in seen}) == 5
 
 
 # ---- .waitForTaskToken: how the bridge takes a job's end by event --------------------------------------------

@@ -4,11 +4,7 @@ node_modules, with its Task states bridged to the same Python the moto harness r
 Node runs the definition (``tests/asl_local/run.mjs``); each Task state, top-level or inside a Map's
 ItemProcessor, asks this side over a pipe, and this side makes the call the Task's Resource names, as Step
 Functions would, through boto3 against the harness's moto (so the real Lambda handlers, the SageMaker stand-in,
-IAM enforcement and request capture all apply). Map iterations run side by side, so several Tasks may be in
-flight at once: each is answered on a thread of its own (a ``.waitForTaskToken`` Task blocks there until its
-token is completed), and its answer names it. An execution can be aborted (:meth:`LocalRun.abort`, as
-StopExecution); the Tasks of a stopped Map iteration or of an ended execution are abandoned and their tokens
-closed, so a late ``SendTaskSuccess`` fails with ``TaskTimedOut`` as on AWS.
+IAM enforcement and request capture all apply):
 
 * a Lambda function ARN (``LambdaInvoke`` with ``payload_response_only``): ``lambda:Invoke`` with the state's
   input as payload; a function error becomes the error ``errorType`` with the compact JSON payload as cause;
@@ -21,6 +17,12 @@ closed, so a late ``SendTaskSuccess`` fails with ``TaskTimedOut`` as on AWS.
   tokens, after the IAM check; a token no longer waited for fails with ``TaskTimedOut`` as on AWS). While it
   waits, ``on_wait(state, token)`` runs, so a scenario can deliver an event, or return an error name
   (``States.Timeout``, ``States.HeartbeatTimeout``) to end the wait as a lost event would.
+
+Map iterations run side by side, so several Tasks may be in flight at once: each is answered on a thread of its
+own (a ``.waitForTaskToken`` Task blocks there until its token is completed), and its answer names it. An
+execution can be aborted (:meth:`LocalRun.abort`, as StopExecution). The Tasks of a stopped Map iteration (its
+Map failed, or the execution was aborted) and those of an ended execution are abandoned: their tokens are closed,
+so a late ``SendTaskSuccess`` fails with ``TaskTimedOut`` as on AWS, and their answers are not awaited.
 
 Two changes to the definition, at any depth (:func:`local_definition`, which returns them so the tests can
 name them):
@@ -182,7 +184,7 @@ class LocalInterpreter:
 
     @property
     def waiting(self) -> list[str]:
-        """The states whose task tokens are waited for now (one per Task in flight)."""
+        """The states whose task tokens are waited for now (one per waiting Task, in the order they began)."""
         with self._lock:
             return [w.state for w in self._waiting.values()]
 
