@@ -63,15 +63,23 @@ def outcome(ex: Execution | LocalExecution, names: tuple[str, ...]) -> dict[str,
     return normalized({"status": ex.status, "output": ex.output, "error": ex.error, "cause": ex.cause}, names)
 
 
-def both(h: Harness, local: LocalInterpreter, execution_input: Any, name: str,
-         before: Any = None) -> tuple[Execution, LocalExecution]:
-    """The same input on moto then on aws-local-stepfunctions (``before()`` sets up each run alike)."""
+def both(h: Harness, local: LocalInterpreter, execution_input: Any, name: str, before: Any = None,
+         while_running: Any = None) -> tuple[Execution, LocalExecution]:
+    """The same input on moto then on aws-local-stepfunctions (``before()`` sets up each run alike,
+    ``while_running()`` runs once each has started)."""
     if before:
         before()
-    on_moto = h.execute(execution_input, f"{name}-moto")
+    arn = h.start(execution_input, f"{name}-moto")
+    if while_running:
+        while_running()
+    on_moto = h.wait(arn)
     if before:
         before()
-    on_local = local.execute(execution_input, f"{name}-local")
+    run = local.start(execution_input, f"{name}-local")
+    if while_running:
+        while_running()
+    on_local = run.wait()
+    local.deliveries_done()
     return on_moto, on_local
 
 
@@ -127,7 +135,7 @@ def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_p
 
         # Each interpreter resumes the run it failed.
         moto_run = run_id_of(failed[0])
-        local_run = _run_id_from_state(h, "fails-local")
+        local_run = run_id_from_record(h, "fails-local")
         on_moto = h.execute({"resume_run_id": moto_run}, "resume-moto")
         on_local = local.execute({"resume_run_id": local_run}, "resume-local")
         assert on_moto.status == "SUCCEEDED" and "StartRun" in on_moto.states_entered()
@@ -164,8 +172,8 @@ def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_p
             assert_same(*bad, f"bad-{i}")
 
 
-def _run_id_from_state(h: Harness, execution: str) -> str:
-    """The run an execution created, from its record in S3 (a failed execution has no output)."""
+def run_id_from_record(h: Harness, execution: str) -> str:
+    """The run an execution created, from its record in S3 (a failed or aborted execution has no output)."""
     return h.get_json(f"executions/{execution}.json")["run_id"]
 
 

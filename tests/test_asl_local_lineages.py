@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from rlpipe.cloud.steps.lineages import lineage_run_id
 from rlpipe.cloud.store import RunKeys
-from tests.asl_local.bridge import RUN, LocalExecution, LocalInterpreter
-from tests.sfn_harness import ACCOUNT, REGION, Execution, Harness
+from tests.asl_local.bridge import RUN, LocalInterpreter
+from tests.sfn_harness import ACCOUNT, REGION, Harness
 from tests.sfn_scenarios import run_id_of
-from tests.test_asl_local import assert_same
+from tests.test_asl_local import assert_same, both, run_id_from_record
 from tests.test_cloud_lineages import jobs_of, lineage_state, seeds, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,30 +37,6 @@ def local(fast_machine, tmp_path: Path) -> Iterator[LocalInterpreter]:
     h = Harness(template, ids, tmp_path, mode="instant")
     with h.running(), LocalInterpreter(h).running() as interpreter:
         yield interpreter
-
-
-def run_id_from_record(h: Harness, execution: str) -> str:
-    """The run an execution created, from its record in S3 (a failed or aborted execution has no output)."""
-    return h.get_json(f"executions/{execution}.json")["run_id"]
-
-
-def both(local: LocalInterpreter, execution_input: Any, name: str, before: Callable[[], None],
-         while_running: Callable[[], None] | None = None) -> tuple[Execution, LocalExecution]:
-    """The same input on moto, then on aws-local-stepfunctions; ``before()`` sets up each run alike,
-    ``while_running()`` runs once each has started."""
-    h = local.h
-    before()
-    arn = h.start(execution_input, f"{name}-moto")
-    if while_running:
-        while_running()
-    on_moto = h.wait(arn)
-    before()
-    run = local.start(execution_input, f"{name}-local")
-    if while_running:
-        while_running()
-    on_local = run.wait()
-    local.deliveries_done()
-    return on_moto, on_local
 
 
 def pools_left(h: Harness) -> list[str]:
@@ -87,7 +62,8 @@ def test_three_lineages_two_at_a_time_each_reusing_its_own_pools(local: LocalInt
         assert len(created) == 2 and not [j for j in created if j.run_id.endswith("-seed-2")]
         release.set()
 
-    on_moto, on_local = both(local, {"pipeline": seeds(3, parallel=2)}, "three", hold_every_job, two_run_then_release)
+    on_moto, on_local = both(h, local, {"pipeline": seeds(3, parallel=2)}, "three", hold_every_job,
+                             two_run_then_release)
     assert on_local.status == "SUCCEEDED", (on_local.error, on_local.cause)
     assert h.sagemaker.max_in_progress == 2 and len(h.sagemaker.creates) == 12  # six per execution
     run_id = run_id_from_record(h, "three-local")
@@ -114,7 +90,7 @@ def test_a_failing_lineage_does_not_stop_the_others(local: LocalInterpreter) -> 
     def seed_one_fails() -> None:
         h.sagemaker.fail = {"hold@seed-1": 1}
 
-    on_moto, on_local = both(local, {"pipeline": seeds(3, parallel=2)}, "one-fails", seed_one_fails)
+    on_moto, on_local = both(h, local, {"pipeline": seeds(3, parallel=2)}, "one-fails", seed_one_fails)
     assert (on_local.status, on_local.error) == ("FAILED", "TrainingJobFailed")
     assert "session 'hold' failed" in (on_local.cause or "")
     run_id = run_id_from_record(h, "one-fails-local")
@@ -134,7 +110,7 @@ def test_fail_fast_stops_the_other_lineage_and_its_held_job(local: LocalInterpre
         h.sagemaker.fail = {"hold@seed-1": 1}
         h.sagemaker.hold = lambda job: job.run_id.endswith("-seed-0") and job.session == "hold"
 
-    on_moto, on_local = both(local, {"pipeline": seeds(2, parallel=2, fail_fast=True)}, "fail-fast",
+    on_moto, on_local = both(h, local, {"pipeline": seeds(2, parallel=2, fail_fast=True)}, "fail-fast",
                              seed_one_fails_while_seed_zero_trains)
     assert (on_local.status, on_local.error) == ("FAILED", "TrainingJobFailed")
     run_id = run_id_from_record(h, "fail-fast-local")

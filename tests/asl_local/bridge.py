@@ -408,7 +408,8 @@ class LocalRun:
         if self._errors:
             raise self._errors[0]
         if self._end is None:
-            raise RuntimeError(f"aws-local-stepfunctions exited: {self._proc.stderr.read() if self._proc.stderr else ''}")
+            stderr = self._proc.stderr.read() if self._proc.stderr else ""
+            raise RuntimeError(f"aws-local-stepfunctions exited without reporting the end: {stderr}")
         end = self._end
         return LocalExecution(status=end["done"], output=end.get("output"), error=end.get("error"),
                               cause=end.get("cause"), steps=[(name, index) for name, index in end["path"]],
