@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from moto import mock_aws
 
 from rlpipe.cloud.steps.job_events import WAIT_MARGIN_SECONDS
-from tests.asl_local.bridge import TIMEOUT_KEY, LocalExecution, LocalInterpreter, local_definition, run_local
+from tests.asl_local.bridge import RUN, TIMEOUT_KEY, LocalExecution, LocalInterpreter, local_definition, run_local
 from tests.conftest import TINY
 from tests.sfn_harness import MOCK_CONFIG, REGION, Execution, Harness
 from tests.sfn_scenarios import reconcile_on_wait, reconcile_while_running, run_id_of
@@ -61,20 +63,52 @@ def outcome(ex: Execution | LocalExecution, names: tuple[str, ...]) -> dict[str,
     return normalized({"status": ex.status, "output": ex.output, "error": ex.error, "cause": ex.cause}, names)
 
 
-def both(h: Harness, local: LocalInterpreter, execution_input: Any, name: str,
-         before: Any = None) -> tuple[Execution, LocalExecution]:
-    """The same input on moto then on aws-local-stepfunctions (``before()`` sets up each run alike)."""
+def both(h: Harness, local: LocalInterpreter, execution_input: Any, name: str, before: Any = None,
+         while_running: Any = None) -> tuple[Execution, LocalExecution]:
+    """The same input on moto then on aws-local-stepfunctions (``before()`` sets up each run alike,
+    ``while_running()`` runs once each has started)."""
     if before:
         before()
-    on_moto = h.execute(execution_input, f"{name}-moto")
+    arn = h.start(execution_input, f"{name}-moto")
+    if while_running:
+        while_running()
+    on_moto = h.wait(arn)
     if before:
         before()
-    on_local = local.execute(execution_input, f"{name}-local")
+    run = local.start(execution_input, f"{name}-local")
+    if while_running:
+        while_running()
+    on_local = run.wait()
+    local.deliveries_done()
     return on_moto, on_local
 
 
+def moto_paths(ex: Execution) -> dict[str | int, list[str]]:
+    """The states an execution on moto entered at the top level (key ``RUN``) and in each Map iteration (its
+    index), each in order. Iterations interleave in the history; each event names the one before it in its own
+    thread (``previousEventId``), back to its iteration's MapIterationStarted. The Map state's own events
+    (``MapState*``), and those after them, are the top level's again."""
+    owner: dict[int, int | None] = {}  # event id -> iteration index (None: top level)
+    paths: dict[str | int, list[str]] = {RUN: []}
+    for event in ex.events:
+        if event["type"] == "MapIterationStarted":
+            index: int | None = event["mapIterationStartedEventDetails"]["index"]
+        elif event["type"].startswith("MapState"):
+            index = None
+        else:
+            index = owner.get(event.get("previousEventId", 0))
+        owner[event["id"]] = index
+        if "stateEnteredEventDetails" in event:
+            paths.setdefault(RUN if index is None else index, []).append(event["stateEnteredEventDetails"]["name"])
+    return paths
+
+
 def assert_same(on_moto: Execution, on_local: LocalExecution, name: str) -> None:
-    assert on_local.path == on_moto.states_entered(), f"{name}: the interpreters took different paths"
+    """Same states entered (at the top level and within each lineage, in order; with one lineage, the whole
+    path in order) and the same end. With several, lineages interleave differently on each interpreter."""
+    assert on_local.paths() == moto_paths(on_moto), f"{name}: the interpreters took different paths"
+    if len(on_local.paths()) <= 2:  # one lineage: nothing interleaves, the whole path in order is the same
+        assert on_local.path == on_moto.states_entered(), f"{name}: the interpreters took different paths"
     names = (f"{name}-moto", f"{name}-local")
     assert outcome(on_local, names) == outcome(on_moto, names)
 
@@ -101,7 +135,7 @@ def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_p
 
         # Each interpreter resumes the run it failed.
         moto_run = run_id_of(failed[0])
-        local_run = _run_id_from_state(h, "fails-local")
+        local_run = run_id_from_record(h, "fails-local")
         on_moto = h.execute({"resume_run_id": moto_run}, "resume-moto")
         on_local = local.execute({"resume_run_id": local_run}, "resume-local")
         assert on_moto.status == "SUCCEEDED" and "StartRun" in on_moto.states_entered()
@@ -138,8 +172,8 @@ def test_both_interpreters_take_the_same_path_to_the_same_end(synthesized, tmp_p
             assert_same(*bad, f"bad-{i}")
 
 
-def _run_id_from_state(h: Harness, execution: str) -> str:
-    """The run an execution created, from its record in S3 (a failed execution has no output)."""
+def run_id_from_record(h: Harness, execution: str) -> str:
+    """The run an execution created, from its record in S3 (a failed or aborted execution has no output)."""
     return h.get_json(f"executions/{execution}.json")["run_id"]
 
 
@@ -163,8 +197,6 @@ def test_result_path_dollar_is_mishandled_by_aws_local_stepfunctions_3_0_0() -> 
         arn = sfn.create_state_machine(name="dollar", definition=json.dumps(definition),
                                        roleArn="arn:aws:iam::123456789012:role/r")["stateMachineArn"]
         ex = sfn.start_execution(stateMachineArn=arn, input=json.dumps(given))["executionArn"]
-        import time
-
         for _ in range(200):
             desc = sfn.describe_execution(executionArn=ex)
             if desc["status"] != "RUNNING":
@@ -196,6 +228,47 @@ def test_timeout_seconds_path_is_read_from_the_effective_input_by_aws_local_step
     assert changed == {"Work": "TimeoutSecondsPath"}
     assert run_local(fixed, given, {}, answer).output == {"done": "x"}
     assert seen == [{"name": "x", TIMEOUT_KEY: 30}]  # the bridge takes the key off before the call
+
+
+def map_machine(concurrency: dict[str, Any]) -> dict[str, Any]:
+    """A Map whose iterations each run one .waitForTaskToken Task (``concurrency``: MaxConcurrency[Path])."""
+    work = {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+            "Parameters": {"FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:work",
+                           "Payload": {"item.$": "$.item", "token.$": "$$.Task.Token"}}, "End": True}
+    return {"StartAt": "Items", "States": {
+        "Items": {"Type": "Map", "ItemsPath": "$.items", **concurrency, "ResultPath": "$.done", "End": True,
+                  "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "Work",
+                                    "States": {"Work": work}}}}}
+
+
+def test_max_concurrency_path_is_honoured_by_aws_local_stepfunctions_3_0_0() -> None:
+    """The state machine caps its lineages with ``MaxConcurrencyPath`` ($.run.parallel). aws-local-stepfunctions
+    3.0.0 reads it from the Map's input (MapStateAction.execute), as AWS does, so the bridge leaves it as it is.
+    Without a cap the same iterations all run at once: the bridge answers Tasks side by side, and each
+    concurrent run of a .waitForTaskToken Task gets a token of its own."""
+    given = {"items": [{"item": i} for i in range(5)], "limit": 2}
+    in_flight: list[int] = []
+    lock = threading.Lock()
+
+    def answer(state: str, task_input: Any, token: str) -> Any:
+        with lock:
+            in_flight.append(in_flight[-1] + 1 if in_flight else 1)
+            seen.append((task_input["Payload"]["item"], task_input["Payload"]["token"], token))
+        time.sleep(0.3)
+        with lock:
+            in_flight.append(in_flight[-1] - 1)
+        return {"item": task_input["Payload"]["item"]}
+
+    for concurrency, most in (({"MaxConcurrencyPath": "$.limit"}, 2), ({}, 5)):
+        seen: list[tuple[int, str, str]] = []
+        in_flight.clear()
+        ended = run_local(map_machine(concurrency), given, {}, answer)
+        assert ended.status == "SUCCEEDED" and ended.output["done"] == [{"item": i} for i in range(5)]
+        assert max(in_flight) == most, concurrency
+        assert ended.paths() == {RUN: ["Items"], **{i: ["Work"] for i in range(5)}}
+        assert sorted(item for item, _, _ in seen) == list(range(5))
+        assert all(in_payload == told for _, in_payload, told in seen)  # the token the Task was given
+        assert len({token for _, token, _ in seen}) == 5
 
 
 # ---- .waitForTaskToken: how the bridge takes a job's end by event --------------------------------------------
