@@ -1,6 +1,9 @@
 """Several seeds on AWS: the synthesized state machine runs one lineage per seed side by side (an inline Map),
 executed on moto's ASL interpreter with IAM enforced and every SageMaker request strictly validated
 (tests/sfn_harness.py). Jobs are the instant stand-in; a held job runs until released or stopped.
+
+Aborting a run is proven on aws-local-stepfunctions (tests/test_asl_local_lineages.py): moto 5.2.5 cannot abort
+an execution whose inline Map waits on a task token (it keeps running, then ends FAILED inside moto's Map).
 """
 
 from __future__ import annotations
