@@ -59,11 +59,12 @@ def _check_history(pipeline: PipelineConfig, plan: Plan) -> int:
     return events
 
 
-def _create_lineage(store: RunStore, pipeline: PipelineConfig, source: str) -> RunState:
-    """Write a lineage's pipeline and plan, and its state unless a retry of this step already did."""
+def _create_lineage(store: RunStore, pipeline: PipelineConfig, plan_fields: dict[str, Any]) -> RunState:
+    """Write a lineage's pipeline and plan (with ``plan_fields``), and its state unless a retry of this step
+    already did."""
     plan = build_plan(pipeline)
     store.put_json(store.keys.pipeline, pipeline.resolved())
-    store.put_json(store.keys.plan, {"source": source, **plan.to_dict()})
+    store.put_json(store.keys.plan, {**plan_fields, **plan.to_dict()})
     return store.load_state() if store.exists_run() else RunState.new(pipeline, store.run_id, plan)
 
 
@@ -79,20 +80,19 @@ def _new_run(ctx: Context, event: Mapping[str, Any], source: str, pipeline: Pipe
     run_id = naming.new_run_id(pipeline.name, event.get("started_at") or utcnow(), str(event["execution"]))
     store = ctx.run_store(run_id)
     seeds = pipeline.seed_list()
-    if not is_multi_seed(pipeline):
+    run_fields = {"source": source, "estimated_history_events": events}
+    if not is_multi_seed(pipeline):  # the run is its own lineage, with its seed
         single = pipeline.lineage(seeds[0]) if pipeline.seeds else pipeline
-        state = _create_lineage(store, single, source)
-        store.put_json(store.keys.plan, {"source": source, "estimated_history_events": events, **plan.to_dict()})
-        lineages = [(Lineage(None, 0, store), state)]
+        lineages = [(Lineage(None, 0, store), _create_lineage(store, single, run_fields))]
     else:
         store.put_json(store.keys.pipeline, pipeline.resolved())
-        store.put_json(store.keys.plan, {"source": source, "estimated_history_events": events, **plan.to_dict()})
+        store.put_json(store.keys.plan, {**run_fields, **plan.to_dict()})
         store.put_json(store.keys.lineages, lineage_record(pipeline, run_id))
         lineages = []
         for i, seed in enumerate(seeds):
             lineage_store = ctx.run_store(lineage_run_id(run_id, seed))
             lineages.append((Lineage(seed, i, lineage_store),
-                             _create_lineage(lineage_store, pipeline.lineage(seed), source)))
+                             _create_lineage(lineage_store, pipeline.lineage(seed), {"source": source})))
     log.info("new run %s of %s (%d sessions, seeds %s) from %s", run_id, pipeline.name, len(pipeline.sessions),
              seeds, source)
     return run_id, lineages
