@@ -32,6 +32,10 @@ TINY: dict[str, Any] = {
         {"name": "hold", "env": "rlpipe/CrushResistance-v0", "timesteps": 256, "use_previous_checkpoint": True},
     ],
 }
+# TINY with a third session warm-started from the second.
+THREE: dict[str, Any] = {**copy.deepcopy(TINY), "name": "three"}
+THREE["sessions"].append({"name": "hold-more", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
+                          "use_previous_checkpoint": True})
 
 
 @pytest.fixture

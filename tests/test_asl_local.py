@@ -6,7 +6,6 @@ the same output or the same error and cause, up to identifiers and clock reading
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import threading
@@ -19,16 +18,12 @@ from moto import mock_aws
 
 from rlpipe.cloud.steps.job_events import WAIT_MARGIN_SECONDS
 from tests.asl_local.bridge import RUN, TIMEOUT_KEY, LocalExecution, LocalInterpreter, local_definition, run_local
-from tests.conftest import TINY
+from tests.conftest import THREE, TINY
 from tests.sfn_harness import MOCK_CONFIG, REGION, Execution, Harness
 from tests.sfn_scenarios import reconcile_on_wait, reconcile_while_running, run_id_of
 
 pytestmark = pytest.mark.timeout(300)
 
-THREE = copy.deepcopy(TINY)
-THREE["name"] = "three"
-THREE["sessions"].append({"name": "hold-more", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
-                          "use_previous_checkpoint": True})
 BAD_INPUTS = {
     "unknown field": {"pipelin": TINY},
     "not an object": [1, 2],

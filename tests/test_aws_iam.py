@@ -15,17 +15,13 @@ from typing import Any
 import pytest
 
 from tests.aws_iam import STATE_MACHINE, Grants, never_called
-from tests.conftest import TINY
+from tests.conftest import THREE, TINY
 from tests.sfn_harness import Harness
 from tests.sfn_scenarios import (HeldJobs, abandon, delete_job, reconcile_while_running, run_id_of, tokens_waiting,
                                  with_heartbeat_seconds)
 
 pytestmark = pytest.mark.timeout(300)
 
-THREE = copy.deepcopy(TINY)
-THREE["name"] = "three"
-THREE["sessions"].append({"name": "hold-more", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
-                          "use_previous_checkpoint": True})
 
 # Granted and never called by any scenario, each with why it stays (the stack says the same where it grants):
 # S3 checks ListBucket itself on a missing key; the Lambda runtime and Step Functions use the rest.

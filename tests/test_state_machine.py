@@ -22,17 +22,13 @@ from rlpipe.config import parse_pipeline
 from rlpipe.cloud.tokens import TOKENS_PREFIX
 from rlpipe.state import RunState
 from stacks.orchestration.state_machine import RetryPacing
-from tests.conftest import TINY
+from tests.conftest import THREE, TINY
 from tests.orchestration_app import DEFAULT_PIPELINE_KEY, FAST_TIMING, build_stack, logical_ids
-from tests.sfn_harness import BUCKET, Execution, Harness
-from tests.sfn_scenarios import with_heartbeat_seconds
+from tests.sfn_harness import BUCKET, Harness
+from tests.sfn_scenarios import run_id_of, with_heartbeat_seconds
 
 pytestmark = pytest.mark.timeout(300)
 
-THREE = copy.deepcopy(TINY)
-THREE["name"] = "three"
-THREE["sessions"].append({"name": "hold-more", "env": "rlpipe/CrushResistance-v0", "timesteps": 256,
-                          "use_previous_checkpoint": True})
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +47,6 @@ def new_harness(synthesized: tuple[dict[str, Any], dict[str, Any]], tmp: Path, m
 
 def state_of(h: Harness, run_id: str) -> RunState:
     return RunState.model_validate(h.get_json(RunKeys(run_id).state))
-
-
-def run_id_of(ex: Execution) -> str:
-    started = next(e for e in ex.events if e.get("stateExitedEventDetails", {}).get("name") == "StartRun")
-    return json.loads(started["stateExitedEventDetails"]["output"])["run"]["run_id"]
 
 
 def jobs_for(h: Harness, run_id: str) -> list[Any]:
