@@ -75,3 +75,35 @@ def app() -> Any:
 
     cloud_cli.register(cli)
     return cli
+
+
+CLOUD_REGION = "us-east-1"
+
+
+def deploy_fake_stack(bucket: str, **outputs: str) -> dict[str, Any]:
+    """Inside ``mock_aws``: ``bucket``, a state machine that only waits, and a CloudFormation stack named
+    RlpipeStack whose outputs name them (and ``outputs``), as :meth:`rlpipe.cloud.cli.Stack.find` reads a
+    deployed stack. Returns the S3 and Step Functions clients and the state machine's ARN."""
+    import json
+
+    import boto3
+
+    s3 = boto3.client("s3", region_name=CLOUD_REGION)
+    s3.create_bucket(Bucket=bucket)
+    sfn = boto3.client("stepfunctions", region_name=CLOUD_REGION)
+    machine = sfn.create_state_machine(name="runs", definition=json.dumps(
+        {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": True}}}),
+        roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+    values = {"StateMachineArn": machine, "BucketName": bucket, **outputs}
+    template = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+                "Outputs": {k: {"Value": v} for k, v in values.items()}}
+    boto3.client("cloudformation", region_name=CLOUD_REGION).create_stack(
+        StackName="RlpipeStack", TemplateBody=json.dumps(template))
+    return {"s3": s3, "sfn": sfn, "machine": machine}
+
+
+def invoke(app: Any, *args: str) -> Any:
+    """Run the cloud CLI ``app`` with ``args`` in the fake stack's region."""
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, list(args), env={"AWS_REGION": CLOUD_REGION})

@@ -12,7 +12,6 @@ import pytest
 import typer
 import yaml
 from moto import mock_aws
-from typer.testing import CliRunner
 
 from rlpipe.cloud import cli as cloud_cli
 from rlpipe.cloud.naming import is_valid_job_name
@@ -20,8 +19,9 @@ from rlpipe.cloud.steps.lineages import lineage_record, lineage_run_id
 from rlpipe.cloud.store import RunKeys, execution_key
 from rlpipe.config import load_pipeline, parse_pipeline
 from rlpipe.state import RunState
+from tests.conftest import CLOUD_REGION, deploy_fake_stack, invoke
 
-REGION = "us-east-1"
+REGION = CLOUD_REGION
 BUCKET = "rlpipe-stack-bucket"
 ROLE = "arn:aws:iam::123456789012:role/rlpipe-training"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/rlpipe:abc"
@@ -35,26 +35,11 @@ REQUEST_SETTINGS = {"bucket": BUCKET, "role_arn": ROLE, "image_uri": IMAGE, "job
 @pytest.fixture
 def aws(tmp_path: Path, tiny_raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET)
-        sfn = boto3.client("stepfunctions", region_name=REGION)
-        machine = sfn.create_state_machine(name="runs", definition=json.dumps(
-            {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": True}}}),
-            roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
-        outputs = {"StateMachineArn": machine, "BucketName": BUCKET, "ImageUri": IMAGE, "TrainingRoleArn": ROLE,
-                   "RequestSettings": json.dumps(REQUEST_SETTINGS)}
-        template = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
-                    "Outputs": {k: {"Value": v} for k, v in outputs.items()}}
-        boto3.client("cloudformation", region_name=REGION).create_stack(
-            StackName="RlpipeStack", TemplateBody=json.dumps(template))
+        stack = deploy_fake_stack(BUCKET, ImageUri=IMAGE, TrainingRoleArn=ROLE,
+                                  RequestSettings=json.dumps(REQUEST_SETTINGS))
         config = tmp_path / "pipeline.yaml"
         config.write_text(yaml.safe_dump(tiny_raw))
-        yield {"s3": s3, "sfn": sfn, "machine": machine, "config": config}
-
-
-def invoke(app: typer.Typer, *args: str) -> Any:
-    result = CliRunner().invoke(app, list(args), env={"AWS_REGION": REGION})
-    return result
+        yield {**stack, "config": config}
 
 
 def test_stack_outputs(aws: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ import boto3
 import pytest
 import typer
 from moto import mock_aws
-from typer.testing import CliRunner
 
 from rlpipe.cloud import metrics, watch
 from rlpipe.cloud.environment import LambdaSettings
@@ -23,8 +22,9 @@ from rlpipe.cloud.store import RunKeys, S3Store, execution_key
 from rlpipe.config import parse_pipeline
 from rlpipe.outcome import Evaluation
 from rlpipe.state import RunState
+from tests.conftest import CLOUD_REGION, deploy_fake_stack, invoke
 
-REGION = "us-east-1"
+REGION = CLOUD_REGION
 BUCKET = "rlpipe-watch-bucket"
 RUN_ID = "tiny-20250101-120000-abcdef"
 JOB = "rlpipe-1a2b3c4d-001-hold-1"
@@ -34,22 +34,7 @@ DASHBOARD = "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-
 @pytest.fixture
 def aws() -> Iterator[dict[str, Any]]:
     with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET)
-        sfn = boto3.client("stepfunctions", region_name=REGION)
-        machine = sfn.create_state_machine(name="runs", definition=json.dumps(
-            {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": True}}}),
-            roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
-        outputs = {"StateMachineArn": machine, "BucketName": BUCKET}
-        boto3.client("cloudformation", region_name=REGION).create_stack(
-            StackName="RlpipeStack", TemplateBody=json.dumps({
-                "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
-                "Outputs": {k: {"Value": v} for k, v in outputs.items()}}))
-        yield {"s3": s3, "sfn": sfn, "machine": machine, "cw": boto3.client("cloudwatch", region_name=REGION)}
-
-
-def invoke(app: typer.Typer, *args: str) -> Any:
-    return CliRunner().invoke(app, list(args), env={"AWS_REGION": REGION})
+        yield {**deploy_fake_stack(BUCKET), "cw": boto3.client("cloudwatch", region_name=REGION)}
 
 
 def _put(aws: dict[str, Any], key: str, data: Any) -> None:
