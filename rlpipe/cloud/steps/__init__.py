@@ -16,7 +16,8 @@ The modules, each importing only those above it:
 * :mod:`~rlpipe.cloud.steps.loop`: the cursor, the pointer payload the state machine loops on;
 * :mod:`~rlpipe.cloud.steps.training_jobs`: stop the run's active job;
 * :mod:`~rlpipe.cloud.steps.pools`: warm pools (CheckPool, releasing a run's pools);
-* :mod:`~rlpipe.cloud.steps.lineages`: a run's lineages (one single-seed run per seed), its billed cost;
+* :mod:`~rlpipe.cloud.steps.lineages`: a run's lineages (one single-seed run per seed), closing one, the run's
+  billed cost;
 * :mod:`~rlpipe.cloud.steps.job_events`: a job's end by event (AwaitJobEnd, the job-state event,
   reconciliation);
 * :mod:`~rlpipe.cloud.steps.start`: StartRun;

@@ -11,12 +11,12 @@ from typing import Any
 from rlpipe.cloud import jobs, naming
 from rlpipe.cloud.steps.context import Context, load_pipeline, sns_subject
 from rlpipe.cloud.steps.pools import release_run_pools
-from rlpipe.cloud.steps.lineages import lineages_of, run_exists, run_status, started_lineages
+from rlpipe.cloud.steps.lineages import (close_lineage, lineages_of, run_exists, run_status,
+                                         started_lineages)
 from rlpipe.cloud.steps.record import COST_CEILING_EXCEEDED
 from rlpipe.cloud.steps.reporting import console_links, summary_message, write_report, write_run_report
-from rlpipe.cloud.steps.training_jobs import close_active_job
-from rlpipe.cloud.store import RunStore, execution_key
-from rlpipe.state import RunState, utcnow
+from rlpipe.cloud.store import execution_key
+from rlpipe.state import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def end_lineage(event: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         store.save_state(state)
     else:
         name, cause = readable_error(error_doc)
-        _close_lineage(ctx, store, state, "failed", cause)
+        close_lineage(ctx, store, state, "failed", cause)
     if run_id != parent:
         write_report(ctx, store, state)
     stop_run = bool(name) and (name == COST_CEILING_EXCEEDED or load_pipeline(ctx.run_store(parent)).fail_fast)
@@ -129,26 +129,11 @@ def _run_id_of(ctx: Context, payload: Mapping[str, Any], execution: str | None) 
     return _record(ctx, execution).get("run_id")
 
 
-def _close_lineage(ctx: Context, store: RunStore, state: RunState, status: str, cause: str) -> None:
-    """Stop the lineage's active job (keep-alive dropped first), mark its running session and itself, release
-    its pools."""
-    close_active_job(ctx, state)
-    for st in state.sessions:
-        if st.status == "running":
-            st.status = "interrupted" if status == "interrupted" else "failed"
-            st.error = st.error or cause
-            st.ended_at = st.ended_at or utcnow()
-    if state.status not in ("failed", "interrupted", "succeeded"):  # every session done stays a success
-        state.finish(status, cause)  # type: ignore[arg-type]
-    release_run_pools(ctx, state)
-    store.save_state(state)
-
-
 def _close_run(ctx: Context, run_id: str, status: str, cause: str) -> dict[str, Any]:
     """Close every lineage of the run (stop its job, mark it, release its pools) and write the (partial)
     report."""
     for lin, state in started_lineages(ctx, run_id):
-        _close_lineage(ctx, lin.store, state, status, cause)
+        close_lineage(ctx, lin.store, state, status, cause)
     return write_run_report(ctx, run_id)
 
 

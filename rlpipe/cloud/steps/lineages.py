@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlpipe.cloud.steps.context import Context
+from rlpipe.cloud.steps.pools import release_run_pools
+from rlpipe.cloud.steps.training_jobs import close_active_job
 from rlpipe.cloud.store import RunStore
 from rlpipe.config import PipelineConfig
-from rlpipe.state import RunState
+from rlpipe.state import RunState, utcnow
 
 
 def lineage_run_id(run_id: str, seed: int) -> str:
@@ -115,3 +117,18 @@ def billed_cost_usd(ctx: Context, parent_run_id: str, current: RunState) -> floa
         if state is not None:
             total += sum(s.cost_usd or 0.0 for s in state.sessions)
     return round(total, 6)
+
+
+def close_lineage(ctx: Context, store: RunStore, state: RunState, status: str, cause: str) -> None:
+    """Stop the lineage's active job (keep-alive dropped first), mark its running session and itself ``status``
+    (a lineage that already ended keeps its status), release its pools, save its state."""
+    close_active_job(ctx, state)
+    for st in state.sessions:
+        if st.status == "running":
+            st.status = "interrupted" if status == "interrupted" else "failed"
+            st.error = st.error or cause
+            st.ended_at = st.ended_at or utcnow()
+    if state.status not in ("failed", "interrupted", "succeeded"):  # every session done stays a success
+        state.finish(status, cause)  # type: ignore[arg-type]
+    release_run_pools(ctx, state)
+    store.save_state(state)

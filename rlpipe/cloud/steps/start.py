@@ -10,11 +10,9 @@ from rlpipe.cloud import naming
 from rlpipe.cloud.pacing import HISTORY_EVENT_LIMIT, estimated_history_events
 from rlpipe.cloud.steps.context import Context, InvalidInput, RunConflict, load_pipeline
 from rlpipe.cloud.steps.inputs import read_input
-from rlpipe.cloud.steps.lineages import (Lineage, is_multi_seed, lineage_record, lineage_run_id,
+from rlpipe.cloud.steps.lineages import (Lineage, close_lineage, is_multi_seed, lineage_record, lineage_run_id,
                                          lineages_of, read_lineage_record, run_exists)
 from rlpipe.cloud.steps.loop import loop_payload, run_payload
-from rlpipe.cloud.steps.pools import release_run_pools
-from rlpipe.cloud.steps.training_jobs import close_active_job
 from rlpipe.cloud.store import RunStore, execution_key
 from rlpipe.config import PipelineConfig
 from rlpipe.plan import CostCeilingError, Plan, build_plan, check_cost_ceiling
@@ -36,17 +34,12 @@ def execution_is_running(ctx: Context, execution_arn: str | None) -> bool:
         raise
 
 
-def _take_over(ctx: Context, state: RunState, owner: Mapping[str, Any]) -> None:
+def _take_over(ctx: Context, lineage: Lineage, state: RunState, owner: Mapping[str, Any]) -> None:
     """The lineage's last execution ended without its cleanup (the state still says running): stop what it
     left."""
     log.warning("run %s: execution %s is no longer running; taking the run over", state.run_id,
                 owner.get("execution"))
-    close_active_job(ctx, state)
-    for st in state.sessions:
-        if st.status == "running":
-            st.status, st.error = "interrupted", st.error or f"execution {owner.get('execution')} ended"
-            st.ended_at = st.ended_at or utcnow()
-    release_run_pools(ctx, state)
+    close_lineage(ctx, lineage.store, state, "interrupted", f"execution {owner.get('execution')} ended")
 
 
 def _check_history(pipeline: PipelineConfig, plan: Plan) -> int:
@@ -114,8 +107,7 @@ def _resume(ctx: Context, run_id: str, execution: str) -> list[tuple[Lineage, Ru
                               "stop it first (`rlpipe stop`)")
         for lin, state in states:
             if state.status == "running":
-                _take_over(ctx, state, owner)
-                lin.store.save_state(state)
+                _take_over(ctx, lin, state, owner)
     if record is not None and load_pipeline(store).fingerprint() != record.get("config_fingerprint"):
         raise InvalidInput(f"resume_run_id: the stored pipeline of '{run_id}' no longer matches its lineages")
     for lin, state in states:
