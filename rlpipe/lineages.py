@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlpipe.config import PipelineConfig, parse_pipeline
-from rlpipe.contract import COMMAND_FILE, LINEAGES_FILE, REPORT_FILES, RESOLVED_FILE, STATE_FILE
-from rlpipe.jsonio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from rlpipe.contract import COMMAND_FILE, LINEAGES_FILE, RESOLVED_FILE, STATE_FILE
+from rlpipe.jsonio import read_json, write_json_atomic
 from rlpipe.runner import RunDirError, load_state
 from rlpipe.state import RunState
 
@@ -203,8 +203,7 @@ def write_multi_seed_report(out_dir: Path) -> dict[str, Path]:
     """Write report.json/md/html and the learning curve across the lineages of the run in ``out_dir``."""
     from rlpipe.report.aggregate import multi_seed_report
     from rlpipe.report.build import build_report
-    from rlpipe.report.local import read_session_outcome
-    from rlpipe.report.render import render_html, render_markdown
+    from rlpipe.report.local import read_session_outcome, write_report_files
 
     record = read_json(out_dir / LINEAGES_FILE)
     pipeline = parse_pipeline(read_json(out_dir / RESOLVED_FILE), source=str(out_dir / RESOLVED_FILE),
@@ -221,23 +220,7 @@ def write_multi_seed_report(out_dir: Path) -> dict[str, Path]:
         outcomes = {s.name: read_session_outcome(directory, s.name) for s in state.sessions}
         lineages.append((seed, build_report(state, outcomes)))
     report = multi_seed_report(record["pipeline"], record["run_id"], lineages, int(record.get("parallel", 1)))
-    png: bytes | None = None
-    written: dict[str, Path] = {}
-    try:
-        from rlpipe.report.plots import seeds_curve_png
-
-        png = seeds_curve_png(report)
-    except ImportError as err:
-        log.warning("no learning curve (matplotlib missing): %s", err)
-    names = REPORT_FILES
-    if png is not None:
-        write_bytes_atomic(out_dir / names["png"], png)
-        written["learning_curve"] = out_dir / names["png"]
-    write_json_atomic(out_dir / names["json"], report)
-    write_text_atomic(out_dir / names["md"], render_markdown(report, curve_image=names["png"] if png else None))
-    write_text_atomic(out_dir / names["html"], render_html(report, png))
-    written.update(json=out_dir / names["json"], markdown=out_dir / names["md"], html=out_dir / names["html"])
-    return written
+    return write_report_files(out_dir, report)
 
 
 def is_multi_seed_run(out_dir: Path) -> bool:

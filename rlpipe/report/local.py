@@ -69,22 +69,28 @@ def write_local_report(run_dir: Path) -> dict[str, Path]:
     state = RunState.model_validate(read_json(run_dir / STATE_FILE))
     outcomes = {s.name: read_session_outcome(run_dir, s.name) for s in state.sessions}
     report = build_report(state, outcomes)
-    media = session_media(run_dir, report)
+    return write_report_files(run_dir, report, session_media(run_dir, report))
 
+
+def write_report_files(out_dir: Path, report: dict[str, Any], media: dict[str, bytes] | None = None
+                       ) -> dict[str, Path]:
+    """Write ``report`` as report.json, report.md and report.html in ``out_dir``, with its learning curve
+    (across seeds for a report with ``lineages``), each atomically. Returns the written paths under the keys
+    ``json``, ``markdown``, ``html`` and ``learning_curve`` (the last missing without matplotlib)."""
     written: dict[str, Path] = {}
     png: bytes | None = None
     try:
-        from rlpipe.report.plots import learning_curve_png
+        from rlpipe.report.plots import learning_curve_png, seeds_curve_png
 
-        png = learning_curve_png(report)
+        png = seeds_curve_png(report) if report.get("lineages") else learning_curve_png(report)
     except ImportError as err:
         log.warning("no learning curve (matplotlib missing): %s", err)
     if png is not None:
-        write_bytes_atomic(run_dir / CURVE_PNG, png)
-        written["learning_curve"] = run_dir / CURVE_PNG
+        write_bytes_atomic(out_dir / CURVE_PNG, png)
+        written["learning_curve"] = out_dir / CURVE_PNG
 
-    write_json_atomic(run_dir / REPORT_JSON, report)
-    write_text_atomic(run_dir / REPORT_MD, render_markdown(report, curve_image=CURVE_PNG if png else None))
-    write_text_atomic(run_dir / REPORT_HTML, render_html(report, png, media))
-    written.update(json=run_dir / REPORT_JSON, markdown=run_dir / REPORT_MD, html=run_dir / REPORT_HTML)
+    write_json_atomic(out_dir / REPORT_JSON, report)
+    write_text_atomic(out_dir / REPORT_MD, render_markdown(report, curve_image=CURVE_PNG if png else None))
+    write_text_atomic(out_dir / REPORT_HTML, render_html(report, png, media))
+    written.update(json=out_dir / REPORT_JSON, markdown=out_dir / REPORT_MD, html=out_dir / REPORT_HTML)
     return written
