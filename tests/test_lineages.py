@@ -63,14 +63,21 @@ def test_two_seeds_differ_and_each_equals_a_single_seed_run(tmp_path: Path, tiny
     assert "lineages" not in read_json(tmp_path / "single" / "report.json")
 
 
+def run_unreachable_gate(tmp_path: Path, raw: dict[str, Any], out: Path, **settings: Any
+                         ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``rlpipe run`` of seeds 0 and 1, one at a time, whose first session requires a reward never reached;
+    the config written and the finished command."""
+    raw.update(seeds=[0, 1], parallel=1, **settings)
+    raw["sessions"][0]["require"] = {"metric": "final_eval_reward", "at_least": 1e9}
+    config = write_config(tmp_path, raw)
+    return config, subprocess.run([*RLPIPE, "run", str(config), "--output", str(out)], capture_output=True,
+                                  text=True, timeout=600)
+
+
 def test_failed_require_ends_the_lineage_and_resume_does_not_rerun_it(tmp_path: Path,
                                                                       tiny_raw: dict[str, Any]) -> None:
-    tiny_raw.update(seeds=[0, 1], parallel=1)
-    tiny_raw["sessions"][0]["require"] = {"metric": "final_eval_reward", "at_least": 1e9}
-    config = write_config(tmp_path, tiny_raw)
     out = tmp_path / "run"
-    done = subprocess.run([*RLPIPE, "run", str(config), "--output", str(out)], capture_output=True, text=True,
-                          timeout=600)
+    config, done = run_unreachable_gate(tmp_path, tiny_raw, out)
     assert done.returncode == 1, done.stderr
     for seed in (0, 1):
         state = read_json(out / f"seed-{seed}" / "state.json")
@@ -124,12 +131,8 @@ def test_ctrl_c_stops_every_lineage_and_resume_finishes_them(tmp_path: Path, tin
 
 
 def test_fail_fast_starts_no_further_lineage(tmp_path: Path, tiny_raw: dict[str, Any]) -> None:
-    tiny_raw.update(seeds=[0, 1], parallel=1, fail_fast=True)
-    tiny_raw["sessions"][0]["require"] = {"metric": "final_eval_reward", "at_least": 1e9}
-    config = write_config(tmp_path, tiny_raw)
     out = tmp_path / "run"
-    done = subprocess.run([*RLPIPE, "run", str(config), "--output", str(out)], capture_output=True, text=True,
-                          timeout=600)
+    _, done = run_unreachable_gate(tmp_path, tiny_raw, out, fail_fast=True)
     assert done.returncode == 1, done.stderr
     assert "fail_fast: lineage seed 0 failed" in done.stdout
     assert not (out / "seed-1").exists()
